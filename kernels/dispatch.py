@@ -1,0 +1,125 @@
+"""One layer's attention under a compiled plan, in either ComfyUI layout.
+
+Layouts: "flat" is [B, L, H*D] (Wan, LTXV); "bhld" is [B, H, L, D]
+(HunyuanVideo, Mochi, Cosmos). Full heads go to a dense function as one
+group (ComfyUI's own attention, or cuDNN SDPA), skip heads get zeros, and
+all sparse heads go to one block-sparse kernel launch: Triton on a GPU,
+the reference path otherwise or when Triton cannot serve the call.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Callable, Literal
+
+import torch
+
+from ..patterns.layer import CompiledLayer
+from .dense import dense_attention
+from .reference import reference_sparse_attention
+
+Layout = Literal["flat", "bhld"]
+DenseFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+log = logging.getLogger("sparse_vdit")
+
+_triton_failures: set[tuple] = set()  # shapes whose Triton launch failed once
+
+
+def as_blhd(x: torch.Tensor, layout: Layout, heads: int) -> torch.Tensor:
+    """A [B, L, H, D] view of x, no copy."""
+    if layout == "flat":
+        batch, seq_len, width = x.shape
+        if width % heads:
+            raise ValueError(f"last dim {width} is not a multiple of {heads} heads")
+        return x.view(batch, seq_len, heads, width // heads)
+    if layout == "bhld":
+        return x.transpose(1, 2)
+    raise ValueError(f"unknown layout {layout!r}")
+
+
+def head_runs(heads: tuple[int, ...]) -> list[tuple[int, int]]:
+    """Sorted head indices as [start, stop) runs, so slices replace gathers."""
+    runs: list[tuple[int, int]] = []
+    for h in heads:
+        if runs and runs[-1][1] == h:
+            runs[-1] = (runs[-1][0], h + 1)
+        else:
+            runs.append((h, h + 1))
+    return runs
+
+
+def _take_heads(x: torch.Tensor, heads: tuple[int, ...]) -> torch.Tensor:
+    """[B, L, h, D] of the given heads: a view when they are contiguous."""
+    runs = head_runs(heads)
+    if len(runs) == 1:
+        return x[:, :, runs[0][0]:runs[0][1]]
+    return x.index_select(2, torch.tensor(heads, device=x.device))
+
+
+def _put_heads(out: torch.Tensor, heads: tuple[int, ...], value: torch.Tensor) -> None:
+    start = 0
+    for a, b in head_runs(heads):
+        out[:, :, a:b] = value[:, :, start:start + b - a]
+        start += b - a
+
+
+def _new_output(shape, like: torch.Tensor) -> torch.Tensor:
+    """Uninitialised output; tests swap in a NaN-filled one to catch unwritten elements."""
+    return torch.empty(shape, dtype=like.dtype, device=like.device)
+
+
+def _sparse_heads(q, k, v, out, compiled: CompiledLayer, backend: str) -> None:
+    table = compiled.table
+    if backend in ("auto", "triton"):
+        from . import triton_backend
+
+        key = (q.device.type, q.dtype, q.shape[-1], table.seq_len)
+        if key not in _triton_failures and triton_backend.can_serve(q):
+            try:
+                triton_backend.run(q, k, v, out, table)
+                return
+            except Exception as error:  # never fail a generation on a kernel
+                if backend == "triton":
+                    raise
+                _triton_failures.add(key)
+                log.warning("sparse_vdit: Triton kernel failed (%s); using the reference path for %s", error, key)
+        elif backend == "triton":
+            raise RuntimeError("Triton backend requested but it cannot serve this call")
+    _put_heads(out, compiled.sparse_heads, reference_sparse_attention(q, k, v, table))
+
+
+def layer_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, compiled: CompiledLayer, *,
+                    heads: int, layout: Layout = "flat", out_layout: Layout | None = None,
+                    dense_fn: DenseFn | None = None, backend: str = "auto") -> torch.Tensor:
+    """Attention for one layer following its compiled pattern.
+
+    dense_fn(q, k, v) takes and returns [B, h, L, D]; it serves full heads.
+    backend: "auto", "triton" (raise if unavailable) or "reference".
+    """
+    if heads != compiled.num_heads:
+        raise ValueError(f"plan layer has {compiled.num_heads} heads, call has {heads}")
+    out_layout = out_layout or layout
+    q4, k4, v4 = (as_blhd(x, layout, heads) for x in (q, k, v))
+    batch, seq_len, _, head_dim = q4.shape
+    if seq_len != compiled.geometry.seq_len or k4.shape[1] != seq_len:
+        raise ValueError(f"plan compiled for {compiled.geometry.seq_len} tokens, call has q {seq_len} / k {k4.shape[1]}")
+    dense_fn = dense_fn or dense_attention
+
+    if len(compiled.full_heads) == heads:  # nothing sparse: one dense call, no gathers
+        result = dense_fn(q4.transpose(1, 2), k4.transpose(1, 2), v4.transpose(1, 2))
+        return result if out_layout == "bhld" else result.transpose(1, 2).reshape(batch, seq_len, heads * head_dim)
+
+    if out_layout == "flat":
+        out = _new_output((batch, seq_len, heads * head_dim), q)
+        out4 = out.view(batch, seq_len, heads, head_dim)
+    else:
+        out = _new_output((batch, heads, seq_len, head_dim), q)
+        out4 = out.transpose(1, 2)
+
+    for a, b in head_runs(compiled.skip_heads):
+        out4[:, :, a:b] = 0
+    if compiled.full_heads:
+        group = [_take_heads(x, compiled.full_heads).transpose(1, 2) for x in (q4, k4, v4)]
+        _put_heads(out4, compiled.full_heads, dense_fn(*group).transpose(1, 2))
+    if compiled.table is not None:
+        _sparse_heads(q4, k4, v4, out4, compiled, backend)
+    return out

@@ -1,0 +1,30 @@
+"""Bridge from the dispatcher to the Triton kernel, imported lazily so a
+machine without Triton (or without a GPU) still runs the reference path."""
+from __future__ import annotations
+
+import torch
+
+from ..patterns.tables import BlockTable
+
+SUPPORTED_HEAD_DIMS = (64, 128)
+SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+
+
+def _kernel_module():
+    try:
+        from . import triton_sparse
+    except Exception:  # triton missing or broken: the reference path serves
+        return None
+    return triton_sparse
+
+
+def can_serve(q: torch.Tensor) -> bool:
+    """q: [B, L, H, D]."""
+    if q.shape[-1] not in SUPPORTED_HEAD_DIMS or q.dtype not in SUPPORTED_DTYPES:
+        return False
+    module = _kernel_module()
+    return module is not None and module.triton_available(q.device)
+
+
+def run(q, k, v, out, table: BlockTable) -> None:
+    _kernel_module().sparse_attention_triton(q, k, v, out, table)

@@ -1,0 +1,215 @@
+"""The plan file: which pattern every head of every layer uses.
+
+A plan is versioned, human-readable JSON:
+
+    {
+      "format": "sparse-vdit-plan", "version": 1,
+      "name": "...",
+      "model": {"family": "wan2.1", "layers": 30, "heads": 12, "head_dim": 128},
+      "dense": {"warmup_fraction": 0.2, "sigma_above": null},
+      "layers": [
+        {"layer": 0, "heads": [{"mode": "diagonal", "rows": 2}, {"mode": "full"}, ...]},
+        ...
+      ],
+      "provenance": {"kind": "static-baseline" | "calibrated", "geometry": {...},
+                     "lambda": 0.5, "epsilon": 1.0, "software": "...", "date": "..."}
+    }
+
+Every field is checked on load, and errors name the file and the field.
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+
+from ..patterns.base import PatternError
+from ..patterns.layer import LayerPattern
+from ..patterns.registry import pattern_from_dict
+from .atomic import atomic_write_text
+
+FORMAT_NAME = "sparse-vdit-plan"
+FORMAT_VERSION = 1
+PROVENANCE_KINDS = ("static-baseline", "calibrated")
+
+
+class PlanError(ValueError):
+    """A plan that cannot be used, with a message a user can act on."""
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    family: str
+    layers: int
+    heads: int
+    head_dim: int
+
+    def describe(self) -> str:
+        return f"{self.family}: {self.layers} layers x {self.heads} heads x head_dim {self.head_dim}"
+
+
+@dataclass(frozen=True)
+class DenseSchedule:
+    """Steps kept dense: the first `warmup_fraction` of the steps, and any
+    step whose sigma is above `sigma_above` (when set)."""
+    warmup_fraction: float = 0.0
+    sigma_above: float | None = None
+
+    def is_dense(self, step: int, total_steps: int, sigma: float | None = None) -> bool:
+        if step < math.ceil(self.warmup_fraction * total_steps - 1e-9):
+            return True
+        return self.sigma_above is not None and sigma is not None and sigma > self.sigma_above
+
+
+@dataclass(frozen=True, eq=False)
+class Plan:
+    name: str
+    model: ModelShape
+    layers: tuple[LayerPattern, ...]
+    dense: DenseSchedule = DenseSchedule()
+    provenance: dict = field(default_factory=dict)
+
+    def check_model(self, layers: int, heads: int, head_dim: int, what: str = "the loaded model") -> None:
+        """Raise PlanError naming both shapes when the plan does not fit."""
+        if (self.model.layers, self.model.heads, self.model.head_dim) != (layers, heads, head_dim):
+            raise PlanError(
+                f"plan '{self.name}' is for {self.model.describe()}, but {what} has "
+                f"{layers} layers x {heads} heads x head_dim {head_dim}")
+
+    def density_summary(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for layer in self.layers:
+            for pattern in layer.heads:
+                counts[pattern.name] = counts.get(pattern.name, 0) + 1
+        return counts
+
+
+def _require(data: dict, key: str, kind, where: str):
+    if key not in data:
+        raise PlanError(f"{where}: missing '{key}'")
+    value = data[key]
+    if kind is int and (isinstance(value, bool) or not isinstance(value, int)):
+        raise PlanError(f"{where}: '{key}' must be an integer, got {value!r}")
+    if kind is not int and not isinstance(value, kind):
+        raise PlanError(f"{where}: '{key}' must be {kind.__name__}, got {value!r}")
+    return value
+
+
+def _positive(data: dict, key: str, where: str) -> int:
+    value = _require(data, key, int, where)
+    if value < 1:
+        raise PlanError(f"{where}: '{key}' must be >= 1, got {value}")
+    return value
+
+
+def _dense_from_dict(data, where: str) -> DenseSchedule:
+    if data is None:
+        return DenseSchedule()
+    if not isinstance(data, dict):
+        raise PlanError(f"{where}: 'dense' must be an object")
+    fraction = data.get("warmup_fraction", 0.0)
+    if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0.0 <= fraction <= 1.0:
+        raise PlanError(f"{where}: dense.warmup_fraction must be a number in [0, 1], got {fraction!r}")
+    sigma = data.get("sigma_above")
+    if sigma is not None and (isinstance(sigma, bool) or not isinstance(sigma, (int, float)) or sigma < 0):
+        raise PlanError(f"{where}: dense.sigma_above must be null or a number >= 0, got {sigma!r}")
+    return DenseSchedule(float(fraction), None if sigma is None else float(sigma))
+
+
+def plan_from_dict(data, source: str = "plan") -> Plan:
+    if not isinstance(data, dict):
+        raise PlanError(f"{source}: a plan must be a JSON object")
+    if data.get("format") != FORMAT_NAME:
+        raise PlanError(f"{source}: not a Sparse-vDiT plan (format is {data.get('format')!r}, expected {FORMAT_NAME!r})")
+    version = data.get("version")
+    if isinstance(version, bool) or not isinstance(version, int):
+        raise PlanError(f"{source}: 'version' must be an integer, got {version!r}")
+    if version != FORMAT_VERSION:
+        newer = " (made by a newer Sparse-vDiT: update the pack)" if version > FORMAT_VERSION else ""
+        raise PlanError(f"{source}: plan format version {version} is not supported; this pack reads version {FORMAT_VERSION}{newer}")
+    model_data = _require(data, "model", dict, source)
+    family = _require(model_data, "family", str, f"{source}: model")
+    model = ModelShape(family, _positive(model_data, "layers", f"{source}: model"),
+                       _positive(model_data, "heads", f"{source}: model"),
+                       _positive(model_data, "head_dim", f"{source}: model"))
+    layer_list = _require(data, "layers", list, source)
+    if len(layer_list) != model.layers:
+        raise PlanError(f"{source}: model says {model.layers} layers but 'layers' lists {len(layer_list)}")
+    layers = []
+    for index, entry in enumerate(layer_list):
+        where = f"{source}: layer {index}"
+        if not isinstance(entry, dict):
+            raise PlanError(f"{where}: must be an object with 'heads'")
+        if entry.get("layer", index) != index:
+            raise PlanError(f"{where}: entry says layer {entry.get('layer')!r}; layers must be listed in order")
+        heads = _require(entry, "heads", list, where)
+        if len(heads) != model.heads:
+            raise PlanError(f"{where}: lists {len(heads)} heads, model has {model.heads}")
+        patterns = []
+        for head, head_entry in enumerate(heads):
+            try:
+                patterns.append(pattern_from_dict(head_entry))
+            except PatternError as error:
+                raise PlanError(f"{where}, head {head}: {error}") from None
+        layers.append(LayerPattern(tuple(patterns)))
+    provenance = data.get("provenance", {})
+    if not isinstance(provenance, dict):
+        raise PlanError(f"{source}: 'provenance' must be an object")
+    kind = provenance.get("kind", "static-baseline")
+    if kind not in PROVENANCE_KINDS:
+        raise PlanError(f"{source}: provenance.kind must be one of {PROVENANCE_KINDS}, got {kind!r}")
+    name = data.get("name", "")
+    if not isinstance(name, str):
+        raise PlanError(f"{source}: 'name' must be a string")
+    return Plan(name, model, tuple(layers), _dense_from_dict(data.get("dense"), source), dict(provenance))
+
+
+def plan_to_dict(plan: Plan) -> dict:
+    return {
+        "format": FORMAT_NAME,
+        "version": FORMAT_VERSION,
+        "name": plan.name,
+        "model": {"family": plan.model.family, "layers": plan.model.layers,
+                  "heads": plan.model.heads, "head_dim": plan.model.head_dim},
+        "dense": {"warmup_fraction": plan.dense.warmup_fraction, "sigma_above": plan.dense.sigma_above},
+        "layers": [{"layer": i, "heads": [p.to_dict() for p in layer.heads]} for i, layer in enumerate(plan.layers)],
+        "provenance": plan.provenance,
+    }
+
+
+def dumps_plan(plan: Plan) -> str:
+    """JSON with one line per head, so a person can read and diff a plan."""
+    data = plan_to_dict(plan)
+    layers = data.pop("layers")
+    head = json.dumps(data, indent=2)[:-2]  # reopen the object to append "layers"
+    blocks = []
+    for layer in layers:
+        heads = ",\n".join("        " + json.dumps(h) for h in layer["heads"])
+        blocks.append(f'    {{"layer": {layer["layer"]}, "heads": [\n{heads}\n    ]}}')
+    return head + ',\n  "layers": [\n' + ",\n".join(blocks) + "\n  ]\n}\n"
+
+
+def loads_plan(text: str, source: str = "plan") -> Plan:
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise PlanError(f"{source}: not valid JSON (truncated or malformed?): {error}") from None
+    return plan_from_dict(data, source)
+
+
+def load_plan(path: str) -> Plan:
+    try:
+        with open(path, encoding="utf-8") as handle:
+            text = handle.read()
+    except OSError as error:
+        raise PlanError(f"cannot read plan file {path}: {error.strerror or error}") from None
+    except UnicodeDecodeError:
+        raise PlanError(f"{path}: not a text file") from None
+    return loads_plan(text, source=path)
+
+
+def save_plan(plan: Plan, path: str) -> None:
+    """Validate by round-trip, then write atomically."""
+    text = dumps_plan(plan)
+    loads_plan(text, source=path)
+    atomic_write_text(path, text)

@@ -1,0 +1,98 @@
+"""Plan files: round trip, atomic writes, and every bad-input case."""
+import json
+import os
+
+import pytest
+
+from sparse_vdit.patterns import Diagonal, Full, LayerPattern, MultiDiagonal, Skip, VerticalStripe
+from sparse_vdit.plans.format import (DenseSchedule, ModelShape, Plan, PlanError, dumps_plan, load_plan, loads_plan,
+                                      plan_to_dict, save_plan)
+
+LAYER = LayerPattern((Diagonal(2), Full(), VerticalStripe((0, -1)), MultiDiagonal(1, frames=3), Skip()))
+
+
+def small_plan(layers=2):
+    return Plan("test plan", ModelShape("wan2.1", layers, 5, 64), (LAYER,) * layers, DenseSchedule(0.25, 0.9),
+                {"kind": "static-baseline", "software": "test"})
+
+
+def test_round_trip(tmp_path):
+    plan = small_plan()
+    path = tmp_path / "p.json"
+    save_plan(plan, str(path))
+    loaded = load_plan(str(path))
+    assert loaded.layers == plan.layers and loaded.model == plan.model and loaded.dense == plan.dense
+    assert loaded.provenance == plan.provenance and loaded.name == plan.name
+    assert plan_to_dict(loaded) == plan_to_dict(plan)
+    assert json.loads(path.read_text())["version"] == 1
+
+
+def test_one_line_per_head():
+    text = dumps_plan(small_plan())
+    lines = [line.strip().rstrip(",") for line in text.splitlines()]
+    assert lines.count('{"mode": "vertical_stripe", "frames": [0, -1]}') == 2  # one per layer
+
+
+def corrupt(mutate):
+    data = json.loads(dumps_plan(small_plan()))
+    mutate(data)
+    return json.dumps(data)
+
+
+@pytest.mark.parametrize("mutate,message", [
+    (lambda d: d.update(version=2), "version 2 is not supported.*newer"),
+    (lambda d: d.update(version="1"), "version"),
+    (lambda d: d.update(format="something"), "not a Sparse-vDiT plan"),
+    (lambda d: d.pop("model"), "missing 'model'"),
+    (lambda d: d["model"].update(heads=0), "heads"),
+    (lambda d: d["model"].update(layers=3), "3 layers but 'layers' lists 2"),
+    (lambda d: d["layers"][1]["heads"].pop(), "layer 1: lists 4 heads, model has 5"),
+    (lambda d: d["layers"][0]["heads"][2].update(mode="stripe"), "layer 0, head 2: unknown pattern 'stripe'"),
+    (lambda d: d["layers"][1]["heads"][0].update(rows=-3), "layer 1, head 0: .*rows"),
+    (lambda d: d["layers"][1].update(layer=5), "listed in order"),
+    (lambda d: d["dense"].update(warmup_fraction=1.5), "warmup_fraction"),
+    (lambda d: d["provenance"].update(kind="measured-somewhere"), "provenance.kind"),
+])
+def test_bad_plans_are_refused_with_a_clear_message(mutate, message):
+    with pytest.raises(PlanError, match=message):
+        loads_plan(corrupt(mutate), "bad.json")
+
+
+def test_truncated_and_missing_files(tmp_path):
+    text = dumps_plan(small_plan())
+    path = tmp_path / "cut.json"
+    path.write_text(text[: len(text) // 2])
+    with pytest.raises(PlanError, match="not valid JSON"):
+        load_plan(str(path))
+    with pytest.raises(PlanError, match="cannot read"):
+        load_plan(str(tmp_path / "absent.json"))
+    path.write_bytes(b"\xff\xfe\x00garbage")
+    with pytest.raises(PlanError):
+        load_plan(str(path))
+
+
+def test_model_shape_mismatch_names_both():
+    with pytest.raises(PlanError, match=r"2 layers x 5 heads x head_dim 64.*30 layers x 12 heads x head_dim 128"):
+        small_plan().check_model(30, 12, 128)
+    small_plan().check_model(2, 5, 64)
+
+
+def test_failed_save_leaves_old_file(tmp_path, monkeypatch):
+    path = tmp_path / "p.json"
+    save_plan(small_plan(), str(path))
+    before = path.read_text()
+
+    def broken(*args, **kwargs):
+        raise OSError("disk full")
+    monkeypatch.setattr(os, "fsync", broken)
+    with pytest.raises(OSError):
+        save_plan(small_plan(layers=3), str(path))
+    assert path.read_text() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["p.json"]  # no temporary left
+
+
+def test_dense_schedule():
+    schedule = DenseSchedule(0.2, sigma_above=0.8)
+    assert [schedule.is_dense(s, 10) for s in range(4)] == [True, True, False, False]
+    assert schedule.is_dense(5, 10, sigma=0.9) and not schedule.is_dense(5, 10, sigma=0.5)
+    assert not DenseSchedule().is_dense(0, 10)
