@@ -1,0 +1,52 @@
+"""Per-forward facts the attention hook needs but ComfyUI does not pass:
+the token grid of the current latent and the sampling step. The diffusion
+model wrapper computes them and puts them in transformer_options."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+
+from ..patterns.geometry import Geometry
+
+KEY = "sparse_vdit_forward"
+
+
+@dataclass
+class ForwardInfo:
+    geometry: Geometry
+    step: int | None          # index into the sampling schedule, None if unknown
+    total_steps: int | None
+    sigma: float | None
+    self_attention_calls: int = field(default=0)  # for models without block_index
+    outer: object = None      # an override installed after ours, called first
+
+
+def wan_geometry(x: torch.Tensor, patch_size: tuple[int, int, int], time_dim_concat=None,
+                 reference_latent=None) -> Geometry:
+    """Tokens of Wan self-attention for latent x [B, C, T, H, W]: the video
+    grid after padding to the patch size, frames appended through
+    time_dim_concat, and Fun-style reference tokens placed first."""
+    pt, ph, pw = patch_size
+    frames = math.ceil(x.shape[2] / pt)
+    if time_dim_concat is not None:
+        frames += math.ceil(time_dim_concat.shape[2] / pt)
+    rows, cols = math.ceil(x.shape[3] / ph), math.ceil(x.shape[4] / pw)
+    prefix = rows * cols if reference_latent is not None else 0
+    return Geometry(frames, rows, cols, prefix=prefix)
+
+
+def step_of(transformer_options: dict) -> tuple[int | None, int | None, float | None]:
+    """(step, total_steps, sigma) from the sampler's sigmas, nearest match so
+    samplers that evaluate between steps still land on a step."""
+    sigmas = transformer_options.get("sigmas")
+    if sigmas is None:
+        return None, None, None
+    sigma = float(sigmas.flatten()[0]) if torch.is_tensor(sigmas) else float(sigmas)
+    schedule = transformer_options.get("sample_sigmas")
+    if schedule is None or len(schedule) < 2:
+        return None, None, sigma
+    schedule = torch.as_tensor(schedule, dtype=torch.float64).flatten().cpu()
+    step = int(torch.argmin((schedule[:-1] - sigma).abs()))
+    return step, int(schedule.numel() - 1), sigma

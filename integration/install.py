@@ -1,0 +1,51 @@
+"""Putting a plan on a ComfyUI model: a clone carries the patch, the model
+the user connected is never changed, and nothing is changed at all when the
+plan does not fit."""
+from __future__ import annotations
+
+import logging
+
+from ..plans.format import DenseSchedule, Plan
+from .model_info import describe_model
+from .sparse_patch import OVERRIDE_KEY, SparsePatch
+
+WRAPPER_KEY = "sparse_vdit"
+log = logging.getLogger("sparse_vdit")
+
+def schedule_for(plan: Plan, dense_warmup: float | None) -> DenseSchedule:
+    """The plan's dense steps, or a warm-up fraction the user chose (>= 0)."""
+    if dense_warmup is None or dense_warmup < 0:
+        return plan.dense
+    if dense_warmup > 1:
+        raise ValueError(f"dense_warmup is a fraction of the steps (0 to 1), got {dense_warmup}")
+    return DenseSchedule(float(dense_warmup), plan.dense.sigma_above)
+
+def apply_plan(model_patcher, plan: Plan, dense_warmup: float | None = None, backend: str = "auto"):
+    """Return a clone of model_patcher whose video self-attention follows plan.
+
+    Raises PlanError (before any change) when the plan does not fit the model.
+    A model the pack does not understand comes back as an unpatched clone,
+    with one log line.
+    """
+    import comfy.patcher_extension as extension
+
+    info = describe_model(model_patcher)
+    if info is None:
+        name = type(getattr(getattr(model_patcher, "model", None), "diffusion_model", None)).__name__
+        log.warning("Sparse-vDiT: %s is not a model this pack supports yet; it runs dense, unpatched.", name)
+        return model_patcher.clone()
+    plan.check_model(info.layers, info.heads, info.head_dim, what=f"the connected model ({info.family})")
+    schedule = schedule_for(plan, dense_warmup)
+
+    patched = model_patcher.clone()
+    options = patched.model_options.setdefault("transformer_options", {})
+    previous = options.get(OVERRIDE_KEY)
+    if isinstance(previous, SparsePatch):  # a second Patch node replaces the first
+        previous = previous.previous
+    patch = SparsePatch(plan, info, schedule, previous=previous, backend=backend)
+    patched.remove_wrappers_with_key(extension.WrappersMP.DIFFUSION_MODEL, WRAPPER_KEY)  # one patch per model
+    patched.add_wrapper_with_key(extension.WrappersMP.DIFFUSION_MODEL, WRAPPER_KEY, patch.wrap_forward)
+    options[OVERRIDE_KEY] = patch
+    log.info("Sparse-vDiT: plan '%s' on %s; dense steps: first %.0f%%.", plan.name, info.describe(),
+             100 * schedule.warmup_fraction)
+    return patched

@@ -1,0 +1,13 @@
+"""The node list ComfyUI loads through comfy_entrypoint."""
+from __future__ import annotations
+
+from comfy_api.latest import ComfyExtension, io
+
+from .patch_node import SparseVDiTPatch
+from .plan_files import register_plan_folder
+
+
+class SparseVDiTExtension(ComfyExtension):
+    async def get_node_list(self) -> list[type[io.ComfyNode]]:
+        register_plan_folder()
+        return [SparseVDiTPatch]

@@ -1,0 +1,34 @@
+"""Sparse-vDiT Patch: put a plan on a model (thin: the work is in integration/)."""
+from __future__ import annotations
+
+from comfy_api.latest import io
+
+from ..integration.install import apply_plan
+from .plan_files import load_named_plan, plan_names
+
+
+class SparseVDiTPatch(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="SparseVDiTPatch",
+            display_name="Sparse-vDiT Patch",
+            category="model_patches/sparse_vdit",
+            description="Replaces the video self-attention of a Wan model with per-layer, per-head sparse patterns "
+                        "from a plan. Put it on the MODEL link just before the sampler.",
+            inputs=[
+                io.Model.Input("model"),
+                io.Combo.Input("plan", options=plan_names(),
+                               tooltip="A plan file from models/sparse_vdit_plans or the plans shipped with the pack."),
+                io.Float.Input("dense_warmup", default=-1.0, min=-1.0, max=1.0, step=0.05,
+                               tooltip="Fraction of the steps run dense first. -1 uses the plan's own setting."),
+                io.Boolean.Input("enabled", default=True, tooltip="Off passes the model through unchanged."),
+            ],
+            outputs=[io.Model.Output(tooltip="A patched copy; the input model is not changed.")],
+        )
+
+    @classmethod
+    def execute(cls, model, plan: str, dense_warmup: float = -1.0, enabled: bool = True) -> io.NodeOutput:
+        if not enabled:
+            return io.NodeOutput(model)
+        return io.NodeOutput(apply_plan(model, load_named_plan(plan), dense_warmup))
