@@ -20,6 +20,7 @@ def schedule_for(plan: Plan, dense_warmup: float | None) -> DenseSchedule:
         raise ValueError(f"dense_warmup is a fraction of the steps (0 to 1), got {dense_warmup}")
     return DenseSchedule(float(dense_warmup), plan.dense.sigma_above)
 
+
 def apply_plan(model_patcher, plan: Plan, dense_warmup: float | None = None, backend: str = "auto"):
     """Return a clone of model_patcher whose video self-attention follows plan.
 
@@ -37,12 +38,13 @@ def apply_plan(model_patcher, plan: Plan, dense_warmup: float | None = None, bac
     plan.check_model(info.layers, info.heads, info.head_dim, what=f"the connected model ({info.family})")
     schedule = schedule_for(plan, dense_warmup)
 
-    patched = model_patcher.clone()
-    options = patched.model_options.setdefault("transformer_options", {})
-    previous = options.get(OVERRIDE_KEY)
+    previous = model_patcher.model_options.get("transformer_options", {}).get(OVERRIDE_KEY)
     if isinstance(previous, SparsePatch):  # a second Patch node replaces the first
         previous = previous.previous
     patch = SparsePatch(plan, info, schedule, previous=previous, backend=backend)
+
+    patched = model_patcher.clone()
+    options = patched.model_options.setdefault("transformer_options", {})
     patched.remove_wrappers_with_key(extension.WrappersMP.DIFFUSION_MODEL, WRAPPER_KEY)  # one patch per model
     patched.add_wrapper_with_key(extension.WrappersMP.DIFFUSION_MODEL, WRAPPER_KEY, patch.wrap_forward)
     options[OVERRIDE_KEY] = patch

@@ -14,7 +14,8 @@ from __future__ import annotations
 import logging
 import threading
 
-from ..kernels.dispatch import layer_attention
+from ..kernels import triton_backend
+from ..kernels.dispatch import as_blhd, layer_attention
 from ..patterns.layer import compile_layer
 from ..plans.format import DenseSchedule, Plan
 from .forward_info import KEY as FORWARD_KEY
@@ -22,6 +23,9 @@ from .forward_info import ForwardInfo, step_of, wan_geometry
 from .model_info import ModelInfo
 
 OVERRIDE_KEY = "optimized_attention_override"
+# auto: the Triton kernel where it can serve the call, dense elsewhere.
+# reference: the torch reference path everywhere (exact, slow: for checking).
+BACKENDS = ("auto", "triton", "reference")
 _ARG_NAMES = ("q", "k", "v", "heads", "mask", "attn_precision", "skip_reshape", "skip_output_reshape")
 log = logging.getLogger("sparse_vdit")
 
@@ -39,6 +43,8 @@ class SparsePatch:
         self.model = model
         self.schedule = schedule
         self.previous = previous  # the override installed before ours, or None
+        if backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
         self.backend = backend
         self.counts: dict[str, int] = {}  # how calls were served, for logs and tests
         self._logged: set[str] = set()
@@ -122,6 +128,14 @@ class SparsePatch:
         if not 0 <= index < len(self.plan.layers):
             self.log_once(f"index:{index}", "layer %s is beyond the plan's %d layers; it runs dense.", index, len(self.plan.layers))
             return None
+        if self.plan.layers[index].is_dense:
+            return None  # an all-full layer is exactly the call as it came
+        if self.backend == "auto" and not triton_backend.can_serve(as_blhd(q, "bhld" if call.get("skip_reshape") else "flat", heads)):
+            # No fast kernel here (CPU, no Triton, odd head size): the reference
+            # path would be slower than dense, so dense it is.
+            self.log_once(f"no-kernel:{q.device.type}:{head_dim}:{q.dtype}", "no sparse kernel for %s %s head_dim %d; running dense.",
+                          q.device.type, str(q.dtype).replace("torch.", ""), head_dim)
+            return None
         if info.step is not None and self.schedule.is_dense(info.step, info.total_steps, info.sigma):
             self.log_once("warmup", "dense warm-up: the first %.0f%% of steps run dense.", 100 * self.schedule.warmup_fraction)
             return None
@@ -141,7 +155,8 @@ class SparsePatch:
             self.log_once("serving", "plan '%s' serving %s (layer %d density %.2f).", self.plan.name,
                           info.geometry.describe(), index, compiled.density())
         return layer_attention(call["q"], call["k"], call["v"], compiled, heads=int(call["heads"]), layout=layout,
-                               out_layout=out_layout, dense_fn=dense, backend=self.backend)
+                               out_layout=out_layout, dense_fn=dense,
+                               backend="triton" if self.backend == "auto" else self.backend)
 
     # ----- the diffusion-model wrapper --------------------------------------
     def wrap_forward(self, executor, *args, **kwargs):

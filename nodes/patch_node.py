@@ -4,6 +4,7 @@ from __future__ import annotations
 from comfy_api.latest import io
 
 from ..integration.install import apply_plan
+from ..integration.sparse_patch import BACKENDS
 from .plan_files import load_named_plan, plan_names
 
 
@@ -23,12 +24,16 @@ class SparseVDiTPatch(io.ComfyNode):
                 io.Float.Input("dense_warmup", default=-1.0, min=-1.0, max=1.0, step=0.05,
                                tooltip="Fraction of the steps run dense first. -1 uses the plan's own setting."),
                 io.Boolean.Input("enabled", default=True, tooltip="Off passes the model through unchanged."),
+                io.Combo.Input("backend", options=list(BACKENDS), default="auto", optional=True,
+                               tooltip="auto: the Triton kernel on GPUs, dense where it cannot serve a call. "
+                                       "reference: the exact torch path everywhere (slow; for checking)."),
             ],
             outputs=[io.Model.Output(tooltip="A patched copy; the input model is not changed.")],
         )
 
     @classmethod
-    def execute(cls, model, plan: str, dense_warmup: float = -1.0, enabled: bool = True) -> io.NodeOutput:
+    def execute(cls, model, plan: str, dense_warmup: float = -1.0, enabled: bool = True,
+                backend: str = "auto") -> io.NodeOutput:
         if not enabled:
             return io.NodeOutput(model)
-        return io.NodeOutput(apply_plan(model, load_named_plan(plan), dense_warmup))
+        return io.NodeOutput(apply_plan(model, load_named_plan(plan), dense_warmup, backend))
