@@ -1,0 +1,135 @@
+"""The attention override's routing, without ComfyUI: what it serves, what
+it passes down the chain, and that failures fall back to dense."""
+import logging
+
+import pytest
+import torch
+
+from sparse_vdit.integration.forward_info import KEY, ForwardInfo, step_of, wan_geometry
+from sparse_vdit.integration.model_info import ModelInfo
+from sparse_vdit.integration.sparse_patch import SparsePatch
+from sparse_vdit.patterns import Diagonal, Full, Geometry, LayerPattern, MultiDiagonal
+from sparse_vdit.plans.format import DenseSchedule, ModelShape, Plan
+
+GEOMETRY = Geometry(3, 4, 5)  # 60 tokens
+HEADS, DIM = 2, 8
+PLAN = Plan("p", ModelShape("wan", 2, HEADS, DIM),
+            (LayerPattern((Diagonal(0), MultiDiagonal(0))), LayerPattern((Full(), Full()))), DenseSchedule(0.5))
+INFO = ModelInfo("wan", 2, HEADS, DIM, (1, 2, 2))
+
+
+class Func:
+    """Stands in for ComfyUI's attention function: records and returns a marker."""
+    def __init__(self):
+        self.calls = []
+
+    def __call__(self, q, k, v, heads=None, **kwargs):
+        self.calls.append((q.shape, k.shape, heads, kwargs))
+        if kwargs.get("skip_reshape"):
+            return torch.nn.functional.scaled_dot_product_attention(q, k, v)
+        return torch.full_like(q, 7.0)
+
+
+def options(step=2, total=4, block_index=0, geometry=GEOMETRY):
+    opts = {KEY: ForwardInfo(geometry, step, total, 0.5), "_marker": 1}
+    if block_index is not None:
+        opts["block_index"] = block_index
+    return opts
+
+
+def qkv(length=GEOMETRY.seq_len, batch=2):
+    return [torch.randn(batch, length, HEADS * DIM) for _ in range(3)]
+
+
+def patch(**kw):
+    return SparsePatch(PLAN, INFO, PLAN.dense, backend=kw.pop("backend", "reference"), **kw)
+
+
+def test_serves_video_self_attention():
+    func, p = Func(), patch()
+    out = p(func, *qkv(), heads=HEADS, transformer_options=options())
+    assert p.counts == {"sparse": 1} and out.shape == (2, GEOMETRY.seq_len, HEADS * DIM)
+    assert not func.calls  # no full heads in layer 0
+
+
+@pytest.mark.parametrize("case", ["cross", "mask", "warmup", "dense_layer", "beyond_plan", "no_info", "heads"])
+def test_passes_other_calls_down_the_chain(case):
+    func, p = Func(), patch()
+    q, k, v = qkv()
+    kwargs = dict(heads=HEADS, transformer_options=options())
+    if case == "cross":
+        k = v = torch.randn(2, 512, HEADS * DIM)
+    elif case == "mask":
+        kwargs["mask"] = torch.zeros(GEOMETRY.seq_len, GEOMETRY.seq_len)
+    elif case == "warmup":
+        kwargs["transformer_options"] = options(step=1)
+    elif case == "dense_layer":
+        kwargs["transformer_options"] = options(block_index=1)
+    elif case == "beyond_plan":
+        kwargs["transformer_options"] = options(block_index=5)
+    elif case == "no_info":
+        kwargs["transformer_options"] = {}
+    elif case == "heads":
+        q, k, v = (x.view(2, GEOMETRY.seq_len, HEADS * 2, DIM // 2).flatten(2) for x in (q, k, v))
+        kwargs["heads"] = HEADS * 2
+    out = p(func, q, k, v, **kwargs)
+    assert torch.all(out == 7.0) and len(func.calls) == 1 and p.counts == {"dense": 1}
+    assert func.calls[0][3]["transformer_options"] is kwargs["transformer_options"]  # passed on unchanged
+
+
+def test_previous_override_gets_what_is_passed_on():
+    seen = []
+
+    def previous(func, *args, **kwargs):
+        seen.append(args[0].shape)
+        return func(*args, **kwargs)
+    func, p = Func(), patch(previous=previous)
+    q, _, _ = qkv()
+    p(func, q, torch.randn(2, 9, HEADS * DIM), torch.randn(2, 9, HEADS * DIM), heads=HEADS, transformer_options=options())
+    assert seen == [q.shape] and len(func.calls) == 1
+
+
+def test_counts_layers_without_block_index():
+    p = patch()
+    opts = options(block_index=None)
+    p(Func(), *qkv(), heads=HEADS, transformer_options=opts)   # layer 0: sparse
+    p(Func(), *qkv(), heads=HEADS, transformer_options=opts)   # layer 1: all full -> dense
+    p(Func(), *qkv(), heads=HEADS, transformer_options=opts)   # layer 2: beyond the plan
+    assert p.counts == {"sparse": 1, "dense": 2} and opts[KEY].self_attention_calls == 3
+
+
+def test_failure_in_sparse_path_runs_dense_and_logs_once(monkeypatch, caplog):
+    from sparse_vdit.integration import sparse_patch
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("kernel exploded")
+    monkeypatch.setattr(sparse_patch, "layer_attention", broken)
+    func, p = Func(), patch()
+    with caplog.at_level(logging.WARNING, logger="sparse_vdit"):
+        for _ in range(3):
+            out = p(func, *qkv(), heads=HEADS, transformer_options=options())
+            assert torch.all(out == 7.0)
+    assert p.counts == {"dense:error": 3}
+    assert sum("kernel exploded" in r.message for r in caplog.records) == 1
+
+
+def test_auto_backend_without_kernel_runs_dense():
+    func, p = Func(), patch(backend="auto")  # CPU: no Triton kernel can serve
+    out = p(func, *qkv(), heads=HEADS, transformer_options=options())
+    assert torch.all(out == 7.0) and p.counts == {"dense": 1}
+
+
+def test_bad_backend_is_refused():
+    with pytest.raises(ValueError, match="backend"):
+        patch(backend="fast")
+
+
+def test_wan_geometry_and_step():
+    x = torch.zeros(1, 16, 5, 21, 30)  # odd H: padded to the patch size
+    assert wan_geometry(x, (1, 2, 2)) == Geometry(5, 11, 15)
+    assert wan_geometry(x, (1, 2, 2), time_dim_concat=torch.zeros(1, 16, 2, 21, 30)) == Geometry(7, 11, 15)
+    assert wan_geometry(x, (1, 2, 2), reference_latent=torch.zeros(1, 16, 1, 21, 30)) == Geometry(5, 11, 15, prefix=165)
+    schedule = torch.tensor([1.0, 0.75, 0.5, 0.25, 0.0])
+    assert step_of({"sigmas": torch.tensor([0.5, 0.5]), "sample_sigmas": schedule}) == (2, 4, 0.5)
+    assert step_of({"sigmas": torch.tensor([0.6]), "sample_sigmas": schedule})[0] == 2  # nearest step
+    assert step_of({}) == (None, None, None)
