@@ -7,7 +7,8 @@ import logging
 
 from ..plans.format import DenseSchedule, Plan
 from .model_info import describe_model
-from .sparse_patch import OVERRIDE_KEY, SparsePatch
+from .sparse_patch import SparsePatch
+from .video_hook import OVERRIDE_KEY
 
 WRAPPER_KEY = "sparse_vdit"
 log = logging.getLogger("sparse_vdit")
