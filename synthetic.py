@@ -6,7 +6,8 @@ pattern says a query should look:
   diagonal       - same frame, nearby rows   (features of (frame * far, row))
   multi_diagonal - nearby rows, any frame    (features of row only)
   vertical_stripe- keys of the first frame carry a direction every q shares
-  uniform        - q ~ 0: attention spreads over everything (needs full)
+  uniform        - q ~ 0: attention spreads over everything, and the values
+                   vary with the frame, so only full attention gets it right
   negligible     - v ~ 0: the head contributes nothing (can be skipped)
 """
 from __future__ import annotations
@@ -56,7 +57,10 @@ def planted_head(mode: str, geometry: Geometry, head_dim: int, generator, sharpn
         k = noise() + (t == 0).float()[:, None] * direction
         return q, k, v
     if mode == "uniform":
-        return noise() * 0.1, noise(), v
+        # values vary with the frame, so only attending everything gives the average
+        per_frame = torch.randn(geometry.frames + 1, head_dim, generator=generator) * 2
+        frame = torch.where(t >= 0, t, torch.full_like(t, geometry.frames)).long()
+        return noise() * 0.1, noise(), v * 0.2 + per_frame[frame]
     if mode == "negligible":
         return noise(), noise(), v * 1e-4
     raise ValueError(f"unknown planted mode {mode!r}; known: {PLANTED_MODES}")

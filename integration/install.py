@@ -1,17 +1,18 @@
-"""Putting a plan on a ComfyUI model: a clone carries the patch, the model
-the user connected is never changed, and nothing is changed at all when the
-plan does not fit."""
+"""Putting a hook on a ComfyUI model: a clone carries it, the model the user
+connected is never changed, and nothing is changed at all when the plan
+does not fit."""
 from __future__ import annotations
 
 import logging
 
-from ..plans.format import DenseSchedule, Plan
-from .model_info import describe_model
+from ..plans.format import DenseSchedule, Plan, PlanError
+from .model_info import ModelInfo, describe_model
 from .sparse_patch import SparsePatch
-from .video_hook import OVERRIDE_KEY
+from .video_hook import OVERRIDE_KEY, VideoAttentionHook
 
 WRAPPER_KEY = "sparse_vdit"
 log = logging.getLogger("sparse_vdit")
+
 
 def schedule_for(plan: Plan, dense_warmup: float | None) -> DenseSchedule:
     """The plan's dense steps, or a warm-up fraction the user chose (>= 0)."""
@@ -22,6 +23,32 @@ def schedule_for(plan: Plan, dense_warmup: float | None) -> DenseSchedule:
     return DenseSchedule(float(dense_warmup), plan.dense.sigma_above)
 
 
+def require_model_info(model_patcher) -> ModelInfo:
+    info = describe_model(model_patcher)
+    if info is None:
+        name = type(getattr(getattr(model_patcher, "model", None), "diffusion_model", None)).__name__
+        raise PlanError(f"{name} is not a model Sparse-vDiT supports yet (supported: native Wan2.1 / Wan2.2)")
+    return info
+
+
+def install_hook(model_patcher, hook: VideoAttentionHook):
+    """A clone of model_patcher with hook as its attention override and
+    forward wrapper; the override that was there before is chained (an
+    earlier hook of this pack is replaced, not stacked)."""
+    import comfy.patcher_extension as extension
+
+    previous = model_patcher.model_options.get("transformer_options", {}).get(OVERRIDE_KEY)
+    if isinstance(previous, VideoAttentionHook):
+        previous = previous.previous
+    hook.previous = previous
+    patched = model_patcher.clone()
+    options = patched.model_options.setdefault("transformer_options", {})
+    patched.remove_wrappers_with_key(extension.WrappersMP.DIFFUSION_MODEL, WRAPPER_KEY)
+    patched.add_wrapper_with_key(extension.WrappersMP.DIFFUSION_MODEL, WRAPPER_KEY, hook.wrap_forward)
+    options[OVERRIDE_KEY] = hook
+    return patched
+
+
 def apply_plan(model_patcher, plan: Plan, dense_warmup: float | None = None, backend: str = "auto"):
     """Return a clone of model_patcher whose video self-attention follows plan.
 
@@ -29,8 +56,6 @@ def apply_plan(model_patcher, plan: Plan, dense_warmup: float | None = None, bac
     A model the pack does not understand comes back as an unpatched clone,
     with one log line.
     """
-    import comfy.patcher_extension as extension
-
     info = describe_model(model_patcher)
     if info is None:
         name = type(getattr(getattr(model_patcher, "model", None), "diffusion_model", None)).__name__
@@ -38,17 +63,7 @@ def apply_plan(model_patcher, plan: Plan, dense_warmup: float | None = None, bac
         return model_patcher.clone()
     plan.check_model(info.layers, info.heads, info.head_dim, what=f"the connected model ({info.family})")
     schedule = schedule_for(plan, dense_warmup)
-
-    previous = model_patcher.model_options.get("transformer_options", {}).get(OVERRIDE_KEY)
-    if isinstance(previous, SparsePatch):  # a second Patch node replaces the first
-        previous = previous.previous
-    patch = SparsePatch(plan, info, schedule, previous=previous, backend=backend)
-
-    patched = model_patcher.clone()
-    options = patched.model_options.setdefault("transformer_options", {})
-    patched.remove_wrappers_with_key(extension.WrappersMP.DIFFUSION_MODEL, WRAPPER_KEY)  # one patch per model
-    patched.add_wrapper_with_key(extension.WrappersMP.DIFFUSION_MODEL, WRAPPER_KEY, patch.wrap_forward)
-    options[OVERRIDE_KEY] = patch
+    patched = install_hook(model_patcher, SparsePatch(plan, info, schedule, backend=backend))
     log.info("Sparse-vDiT: plan '%s' on %s; dense steps: first %.0f%%.", plan.name, info.describe(),
              100 * schedule.warmup_fraction)
     return patched

@@ -39,4 +39,10 @@ def describe_diffusion_model(diffusion_model) -> ModelInfo | None:
 
 def describe_model(model_patcher) -> ModelInfo | None:
     diffusion_model = diffusion_model_of(model_patcher)
-    return None if diffusion_model is None else describe_diffusion_model(diffusion_model)
+    info = None if diffusion_model is None else describe_diffusion_model(diffusion_model)
+    if info is None:
+        return None
+    # A more precise family name, e.g. "wan2.1 t2v", where the config says it.
+    config = getattr(getattr(getattr(model_patcher, "model", None), "model_config", None), "unet_config", None) or {}
+    precise = " ".join(str(config[k]) for k in ("image_model", "model_type") if config.get(k))
+    return ModelInfo(precise or info.family, info.layers, info.heads, info.head_dim, info.patch_size)

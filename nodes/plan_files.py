@@ -1,5 +1,6 @@
-"""The plans folder ComfyUI knows about: models/sparse_vdit_plans (the
-user's, where calibration writes) plus the plans shipped in this pack."""
+"""The folders ComfyUI knows about: models/sparse_vdit_plans (the user's,
+where calibration writes) plus the plans shipped in this pack. Plans are
+JSON; calibration statistics are .safetensors in the same folders."""
 from __future__ import annotations
 
 import os
@@ -7,9 +8,11 @@ import os
 import folder_paths
 
 from ..plans.format import Plan, PlanError, load_plan
+from ..plans.statistics import Statistics, load_statistics
 
 FOLDER = "sparse_vdit_plans"
-EXTENSIONS = {".json"}
+STATS_FOLDER = "sparse_vdit_statistics"
+EXTENSIONS = {FOLDER: {".json"}, STATS_FOLDER: {".safetensors"}}
 SHIPPED_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "plans")
 
 
@@ -18,14 +21,15 @@ def user_plans_dir() -> str:
 
 
 def register_plan_folder() -> None:
-    """Register (or extend) the folder with a JSON-only extension set; an
-    extra_model_paths.yaml entry for it is kept."""
-    paths, _ = folder_paths.folder_names_and_paths.get(FOLDER, ([], set()))
-    paths = list(paths)
-    for path in (user_plans_dir(), SHIPPED_DIR):
-        if path not in paths:
-            paths.append(path)
-    folder_paths.folder_names_and_paths[FOLDER] = (paths, set(EXTENSIONS))
+    """Register (or extend) both folders with explicit extension sets; an
+    extra_model_paths.yaml entry for them is kept."""
+    for name, extensions in EXTENSIONS.items():
+        paths, _ = folder_paths.folder_names_and_paths.get(name, ([], set()))
+        paths = list(paths)
+        for path in (user_plans_dir(), SHIPPED_DIR):
+            if path not in paths:
+                paths.append(path)
+        folder_paths.folder_names_and_paths[name] = (paths, set(extensions))
 
 
 def plan_names() -> list[str]:
@@ -33,9 +37,29 @@ def plan_names() -> list[str]:
     return sorted(folder_paths.get_filename_list(FOLDER))
 
 
-def load_named_plan(name: str) -> Plan:
+def statistics_names() -> list[str]:
     register_plan_folder()
-    path = folder_paths.get_full_path(FOLDER, name)
+    return sorted(folder_paths.get_filename_list(STATS_FOLDER))
+
+
+def _full_path(folder: str, name: str, what: str) -> str:
+    register_plan_folder()
+    path = folder_paths.get_full_path(folder, name)
     if path is None:
-        raise PlanError(f"no plan named '{name}' in {', '.join(folder_paths.get_folder_paths(FOLDER))}")
-    return load_plan(path)
+        raise PlanError(f"no {what} named '{name}' in {', '.join(folder_paths.get_folder_paths(folder))}")
+    return path
+
+
+def load_named_plan(name: str) -> Plan:
+    return load_plan(_full_path(FOLDER, name, "plan"))
+
+
+def load_named_statistics(name: str) -> Statistics:
+    return load_statistics(_full_path(STATS_FOLDER, name, "statistics file"))
+
+
+def find_statistics(name: str) -> Statistics | None:
+    """The statistics a plan names, if they are in the folders."""
+    register_plan_folder()
+    path = folder_paths.get_full_path(STATS_FOLDER, name) if name else None
+    return load_statistics(path) if path else None

@@ -1,0 +1,86 @@
+"""A calibration run on a ComfyUI model: sample dense while scoring every
+candidate at the probed steps, then measure costs, solve, and write the
+statistics and the plan (atomically, and only once everything succeeded,
+so an interrupted run leaves no file behind)."""
+from __future__ import annotations
+
+import logging
+import os
+import re
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from ..plans.calibrator import Calibrator
+from ..plans.candidates import MENUS
+from ..plans.cost import candidate_costs
+from ..plans.format import ModelShape, Plan, PlanError, save_plan
+from ..plans.search import solve_plan
+from ..plans.statistics import Statistics, save_statistics
+from .calibration_hook import CalibrationHook
+from .install import install_hook, require_model_info
+
+log = logging.getLogger("sparse_vdit")
+STATS_SUFFIX = ".stats.safetensors"
+
+
+@dataclass
+class CalibrationResult:
+    plan: Plan
+    statistics: Statistics
+    plan_path: str
+    statistics_path: str
+    samples: object  # whatever the sample function returned (the dense latent)
+    seconds: float
+
+
+def check_plan_name(name: str) -> str:
+    name = name.strip()
+    if name.endswith(".json"):
+        name = name[:-5]
+    if not name or not re.fullmatch(r"[A-Za-z0-9_.\- ]+", name) or name.startswith("."):
+        raise PlanError(f"plan name {name!r} must be a plain file name (letters, digits, space, . _ -)")
+    return name
+
+
+def calibrate(model_patcher, sample: Callable[[object], object], *, plan_name: str, folder: str,
+              lam: float = 0.5, eps: float = 1.0, probe_steps: int = 3, query_fraction: float = 0.1,
+              menu: str = "standard", warmup: float = 0.2, settings: dict | None = None,
+              check_interrupt: Callable[[], None] = lambda: None, cost_cache: str | None = None) -> CalibrationResult:
+    """sample(model) runs the dense sampling on the given (hooked) model."""
+    info = require_model_info(model_patcher)
+    name = check_plan_name(plan_name)
+    if menu not in MENUS:
+        raise PlanError(f"unknown candidate menu {menu!r}; known: {', '.join(MENUS)}")
+    if lam < 0 or eps < 0 or not 0 <= warmup < 1:
+        raise PlanError("lambda and epsilon must be >= 0 and the warm-up in [0, 1)")
+    shape = ModelShape(info.family, info.layers, info.heads, info.head_dim)
+    calibrator = Calibrator(shape, MENUS[menu], probe_steps, query_fraction, warmup,
+                            info={"menu": menu, **(settings or {})}, check_interrupt=check_interrupt)
+    hook = CalibrationHook(info, calibrator)
+    start = time.perf_counter()
+    samples = sample(install_hook(model_patcher, hook))
+    if calibrator.geometry is None:
+        raise PlanError("the calibration run reached no video self-attention call: is this a Wan model?")
+    device = _model_device(model_patcher)
+    cost, source = candidate_costs(calibrator.candidates, calibrator.geometry, info.heads, info.head_dim, device,
+                                   cache_path=cost_cache, check_interrupt=check_interrupt)
+    stats = calibrator.statistics(cost, source)
+    plan = solve_plan(stats, lam, eps, name=name, warmup=warmup, statistics=name + STATS_SUFFIX)
+    check_interrupt()
+    plan_path = os.path.join(folder, name + ".json")
+    stats_path = os.path.join(folder, name + STATS_SUFFIX)
+    save_statistics(stats, stats_path)
+    save_plan(plan, plan_path)
+    seconds = time.perf_counter() - start
+    log.info("Sparse-vDiT: calibrated '%s' in %.1f s (%s, probe steps %s); predicted attention speedup %.2fx; "
+             "wrote %s and %s.", name, seconds, calibrator.geometry.describe(), calibrator.probe_steps,
+             plan.provenance["predicted_attention_speedup"], plan_path, stats_path)
+    return CalibrationResult(plan, stats, plan_path, stats_path, samples, seconds)
+
+
+def _model_device(model_patcher) -> torch.device:
+    device = getattr(model_patcher, "load_device", None)
+    return device if isinstance(device, torch.device) else torch.device("cpu")

@@ -1,0 +1,32 @@
+"""The hook a calibration run installs: every call runs dense (the run still
+yields a normal video), and at the probed steps each video self-attention
+call is also handed to the calibrator."""
+from __future__ import annotations
+
+from ..kernels.dispatch import as_blhd
+from ..plans.calibrator import Calibrator
+from .forward_info import ForwardInfo
+from .model_info import ModelInfo
+from .video_hook import VideoAttentionHook
+
+
+class CalibrationHook(VideoAttentionHook):
+    def __init__(self, model: ModelInfo, calibrator: Calibrator, previous=None):
+        super().__init__(model, previous)
+        self.calibrator = calibrator
+
+    def handle(self, func, call: dict, layer: int, info: ForwardInfo, args, kwargs):
+        out = self.chain(func, args, kwargs, info)
+        probe = self.calibrator.probe_index(info.step, info.total_steps)
+        if probe is None:
+            self.count("dense")
+            return out
+        if not self.calibrator.accepts(info.geometry):
+            self.log_once("geometry", "calibration keeps the first latent grid; %s is not scored.", info.geometry.describe())
+            return out
+        layout = "bhld" if call.get("skip_reshape") else "flat"
+        heads = int(call["heads"])
+        q, k, v = (as_blhd(call[name], layout, heads) for name in ("q", "k", "v"))
+        self.calibrator.record(probe, layer, q, k, v)
+        self.count("scored")
+        return out

@@ -1,0 +1,70 @@
+"""Sparse-vDiT Calibrate: a dense sampling run that also finds a plan."""
+from __future__ import annotations
+
+import comfy.model_management
+import comfy.samplers
+from comfy_api.latest import io
+
+from ..integration.calibrate import calibrate
+from ..integration.install import apply_plan
+from ..integration.sampling import sample_latent
+from ..plans.candidates import MENUS
+from .plan_files import register_plan_folder, user_plans_dir
+from .types import PlanType
+
+
+class SparseVDiTCalibrate(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="SparseVDiTCalibrate",
+            display_name="Sparse-vDiT Calibrate",
+            category="model_patches/sparse_vdit",
+            description="Samples with dense attention (a normal video comes out) while scoring, per layer and head, "
+                        "every candidate pattern against dense at a few steps; writes the plan and its statistics "
+                        "to models/sparse_vdit_plans and outputs the model patched with it.",
+            inputs=[
+                io.Model.Input("model"),
+                io.Conditioning.Input("positive"),
+                io.Conditioning.Input("negative"),
+                io.Latent.Input("latent_image"),
+                io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=True),
+                io.Int.Input("steps", default=20, min=1, max=10000),
+                io.Float.Input("cfg", default=6.0, min=0.0, max=100.0, step=0.1, round=0.01),
+                io.Combo.Input("sampler_name", options=comfy.samplers.KSampler.SAMPLERS),
+                io.Combo.Input("scheduler", options=comfy.samplers.KSampler.SCHEDULERS),
+                io.Float.Input("denoise", default=1.0, min=0.0, max=1.0, step=0.01),
+                io.Float.Input("lambda_cost", default=0.5, min=0.0, max=10.0, step=0.05,
+                               tooltip="Weight of a pattern's cost against its error: higher favours cheaper patterns."),
+                io.Float.Input("epsilon", default=1.0, min=0.0, max=100.0, step=0.1,
+                               tooltip="Error budget: 1 lets a head's error power reach 1% of its layer's output "
+                                       "power. Larger is sparser and faster."),
+                io.Int.Input("probe_steps", default=3, min=1, max=50, tooltip="How many steps (after the warm-up) are scored."),
+                io.Float.Input("query_fraction", default=0.1, min=0.01, max=1.0, step=0.01,
+                               tooltip="Share of query blocks scored per call."),
+                io.String.Input("plan_name", default="my_calibrated_plan"),
+                io.Combo.Input("candidate_menu", options=list(MENUS), default="standard", optional=True),
+                io.Float.Input("dense_warmup", default=0.2, min=0.0, max=0.95, step=0.05, optional=True,
+                               tooltip="Fraction of steps the plan keeps dense; probes start after it."),
+            ],
+            outputs=[io.Model.Output(display_name="MODEL"), PlanType.Output(display_name="PLAN"),
+                     io.Latent.Output(display_name="LATENT")],
+        )
+
+    @classmethod
+    def execute(cls, model, positive, negative, latent_image, seed, steps, cfg, sampler_name, scheduler, denoise,
+                lambda_cost, epsilon, probe_steps, query_fraction, plan_name, candidate_menu="standard",
+                dense_warmup=0.2) -> io.NodeOutput:
+        register_plan_folder()
+
+        def sample(hooked):
+            return sample_latent(hooked, seed, steps, cfg, sampler_name, scheduler, positive, negative, latent_image, denoise)
+
+        settings = {"seed": seed, "steps": steps, "cfg": cfg, "sampler": sampler_name, "scheduler": scheduler,
+                    "denoise": denoise}
+        result = calibrate(model, sample, plan_name=plan_name, folder=user_plans_dir(), lam=lambda_cost, eps=epsilon,
+                           probe_steps=probe_steps, query_fraction=query_fraction, menu=candidate_menu,
+                           warmup=dense_warmup, settings=settings,
+                           check_interrupt=comfy.model_management.throw_exception_if_processing_interrupted,
+                           cost_cache=None)
+        return io.NodeOutput(apply_plan(model, result.plan), result.plan, result.samples)

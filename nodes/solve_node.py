@@ -1,0 +1,42 @@
+"""Sparse-vDiT Solve Plan: a new plan from saved statistics, no sampling."""
+from __future__ import annotations
+
+import os
+
+from comfy_api.latest import io
+
+from ..integration.calibrate import check_plan_name
+from ..plans.format import save_plan
+from ..plans.search import solve_plan
+from .plan_files import load_named_statistics, statistics_names, user_plans_dir
+from .types import PlanType
+
+
+class SparseVDiTSolvePlan(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="SparseVDiTSolvePlan",
+            display_name="Sparse-vDiT Solve Plan",
+            category="model_patches/sparse_vdit",
+            description="Re-solves a calibrated plan for another lambda / epsilon, or for a target attention speedup, "
+                        "from the statistics a calibration saved. Takes well under a second.",
+            inputs=[
+                io.Combo.Input("statistics", options=statistics_names()),
+                io.Float.Input("lambda_cost", default=0.5, min=0.0, max=10.0, step=0.05),
+                io.Float.Input("epsilon", default=1.0, min=0.0, max=100.0, step=0.1),
+                io.Float.Input("target_speedup", default=0.0, min=0.0, max=50.0, step=0.1,
+                               tooltip="0: use lambda and epsilon. Otherwise the least-error plan predicted to make "
+                                       "attention this many times faster."),
+                io.String.Input("plan_name", default="my_solved_plan"),
+            ],
+            outputs=[PlanType.Output(display_name="PLAN")],
+        )
+
+    @classmethod
+    def execute(cls, statistics, lambda_cost, epsilon, target_speedup, plan_name) -> io.NodeOutput:
+        name = check_plan_name(plan_name)
+        stats = load_named_statistics(statistics)
+        plan = solve_plan(stats, lambda_cost, epsilon, target_speedup, name=name, statistics=statistics)
+        save_plan(plan, os.path.join(user_plans_dir(), name + ".json"))
+        return io.NodeOutput(plan)

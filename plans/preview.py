@@ -1,0 +1,87 @@
+"""A picture of a plan a person can read at a glance: the layer x head grid
+coloured by mode, density and block speedup per layer, and (with
+calibration statistics) small attention maps of a few heads of each mode."""
+from __future__ import annotations
+
+from PIL import Image, ImageDraw, ImageFont
+
+from ..patterns import Geometry, compile_layer
+from .format import Plan
+from .statistics import Statistics
+
+COLOURS = {"full": (150, 150, 150), "skip": (25, 25, 25), "diagonal": (60, 120, 220),
+           "multi_diagonal": (60, 180, 90), "vertical_stripe": (235, 150, 40)}
+DEFAULT_GEOMETRY = Geometry(21, 30, 52)  # Wan2.1 480p, 81 frames
+BACKGROUND, INK = (255, 255, 255), (20, 20, 20)
+
+
+def plan_geometry(plan: Plan) -> Geometry:
+    data = plan.provenance.get("geometry")
+    return Geometry.from_dict(data) if isinstance(data, dict) else DEFAULT_GEOMETRY
+
+
+def render_plan(plan: Plan, stats: Statistics | None = None, thumbs_per_mode: int = 3) -> Image.Image:
+    font = ImageFont.load_default()
+    geometry = plan_geometry(plan)
+    layers, heads = plan.model.layers, plan.model.heads
+    cell = max(6, min(24, 720 // max(heads, 1), 900 // max(layers, 1)))
+    left, top, text_w = 44, 64, 190
+    grid_w, grid_h = heads * cell, layers * cell
+    densities = [compile_layer(layer, geometry).density() for layer in plan.layers]
+
+    thumb_rows = []
+    if stats is not None and stats.thumbnails.numel():
+        for mode in COLOURS:
+            found = [(l, h) for l, layer in enumerate(plan.layers) for h, p in enumerate(layer.heads) if p.name == mode]
+            if found:
+                step = max(1, len(found) // thumbs_per_mode)
+                thumb_rows.append((mode, found[::step][:thumbs_per_mode]))
+    thumb_scale = 2
+    th, tw = (stats.thumbnails.shape[-2] * thumb_scale, stats.thumbnails.shape[-1] * thumb_scale) if thumb_rows else (0, 0)
+    thumbs_h = (len(thumb_rows) * (th + 18) + 24) if thumb_rows else 0
+
+    width = max(left + grid_w + 12 + text_w, 560, left + thumbs_per_mode * (tw + 10) + 120)
+    height = top + grid_h + 30 + thumbs_h
+    image = Image.new("RGB", (width, height), BACKGROUND)
+    draw = ImageDraw.Draw(image)
+
+    counts = plan.density_summary()
+    mean_density = sum(densities) / len(densities)
+    draw.text((8, 6), f"{plan.name}  |  {plan.model.describe()}", fill=INK, font=font)
+    draw.text((8, 20), f"{plan.provenance.get('kind', '?')}; at {geometry.describe()}: mean density {mean_density:.3f}, "
+                       f"block speedup {1 / max(mean_density, 1e-9):.2f}x", fill=INK, font=font)
+    x = 8
+    for mode, colour in COLOURS.items():
+        draw.rectangle([x, 38, x + 10, 48], fill=colour, outline=INK)
+        label = f"{mode} {counts.get(mode, 0)}"
+        draw.text((x + 14, 37), label, fill=INK, font=font)
+        x += 24 + int(draw.textlength(label, font=font))
+
+    for l, layer in enumerate(plan.layers):
+        y = top + l * cell
+        if cell >= 10 or l % 5 == 0:
+            draw.text((4, y + max(0, cell // 2 - 6)), f"{l:>3}", fill=INK, font=font)
+        for h, pattern in enumerate(layer.heads):
+            x0 = left + h * cell
+            draw.rectangle([x0, y, x0 + cell - 2, y + cell - 2], fill=COLOURS.get(pattern.name, (255, 0, 255)))
+        bar_x = left + grid_w + 12
+        draw.rectangle([bar_x, y + 1, bar_x + int(60 * densities[l]), y + cell - 3], fill=(120, 120, 200))
+        if cell >= 10 or l % 5 == 0:
+            draw.text((bar_x + 64, y + max(0, cell // 2 - 6)),
+                      f"d {densities[l]:.2f}  {1 / max(densities[l], 1e-9):.1f}x", fill=INK, font=font)
+    draw.text((left, top + grid_h + 6), "heads ->", fill=INK, font=font)
+
+    y = top + grid_h + 30
+    if thumb_rows:
+        draw.text((8, y), "attention maps (sampled queries x keys, calibration)", fill=INK, font=font)
+        y += 16
+        for mode, picks in thumb_rows:
+            draw.text((8, y + th // 2 - 6), mode, fill=COLOURS[mode], font=font)
+            for i, (l, h) in enumerate(picks):
+                values = stats.thumbnails[l, h].float().clamp(0, 1).pow(0.5)  # sqrt: faint structure shows
+                tile = Image.fromarray((255 - values * 255).byte().numpy(), mode="L").resize((tw, th), Image.NEAREST)
+                x0 = 120 + i * (tw + 10)
+                image.paste(tile.convert("RGB"), (x0, y))
+                draw.text((x0, y + th + 1), f"L{l} H{h}", fill=INK, font=font)
+            y += th + 18
+    return image

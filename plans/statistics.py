@@ -1,0 +1,92 @@
+"""Calibration statistics: everything the search needs, saved so a plan can
+be re-solved for another lambda / epsilon / speedup without sampling.
+
+Stored as safetensors (atomic write): tensors plus JSON metadata.
+  sq_err        float64 [P, L, H, C]  raw mean squared error per probe step, layer, head, candidate
+  power         float64 [P, L]        mean square of the dense output (the error's scale)
+  cost          float64 [C + 1]       time per head of each candidate, then of full (ms, or block share on CPU)
+  stripe_frames int64   [L, H, K]     key frames of stripe candidates, by attention mass
+  frame_mass    float32 [L, H, F]     attention mass per key frame (first probe step)
+  thumbnails    float16 [L, H, 32, 64] coarse attention maps (first probe step)
+  probe_steps   int64   [P]           which sampling steps were probed
+metadata: candidates, model shape, geometry, cost source, sampling settings, software, date.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+
+import torch
+
+from ..patterns import Geometry
+from .atomic import atomic_write
+from .candidates import Candidate
+from .format import ModelShape, PlanError
+
+STATS_FORMAT = "sparse-vdit-statistics"
+STATS_VERSION = 1
+
+
+@dataclass
+class Statistics:
+    model: ModelShape
+    geometry: Geometry
+    candidates: tuple[Candidate, ...]
+    sq_err: torch.Tensor
+    power: torch.Tensor
+    cost: torch.Tensor
+    stripe_frames: torch.Tensor
+    frame_mass: torch.Tensor
+    thumbnails: torch.Tensor
+    probe_steps: torch.Tensor
+    cost_source: str = "block-count"
+    info: dict = field(default_factory=dict)  # sampling settings, software, date, device
+
+    def check(self) -> None:
+        P, L, H, C = self.sq_err.shape
+        if (L, H) != (self.model.layers, self.model.heads) or C != len(self.candidates):
+            raise PlanError(f"statistics shape {tuple(self.sq_err.shape)} does not match "
+                            f"{self.model.describe()} with {len(self.candidates)} candidates")
+        if self.power.shape != (P, L) or self.cost.shape != (C + 1,) or self.probe_steps.shape != (P,):
+            raise PlanError("statistics tensors have inconsistent shapes")
+
+
+def save_statistics(stats: Statistics, path: str) -> None:
+    from safetensors.torch import save_file
+
+    stats.check()
+    tensors = {"sq_err": stats.sq_err, "power": stats.power, "cost": stats.cost, "stripe_frames": stats.stripe_frames,
+               "frame_mass": stats.frame_mass, "thumbnails": stats.thumbnails, "probe_steps": stats.probe_steps}
+    metadata = {
+        "format": STATS_FORMAT, "version": str(STATS_VERSION),
+        "model": json.dumps(stats.model.__dict__), "geometry": json.dumps(stats.geometry.to_dict()),
+        "candidates": json.dumps([c.to_dict() for c in stats.candidates]),
+        "cost_source": stats.cost_source, "info": json.dumps(stats.info),
+    }
+    atomic_write(path, lambda tmp: save_file({k: v.contiguous().cpu() for k, v in tensors.items()}, tmp, metadata))
+
+
+def load_statistics(path: str) -> Statistics:
+    from safetensors import safe_open
+
+    try:
+        with safe_open(path, framework="pt") as handle:
+            metadata = handle.metadata() or {}
+            tensors = {name: handle.get_tensor(name) for name in handle.keys()}
+    except Exception as error:  # missing, truncated, not safetensors
+        raise PlanError(f"cannot read statistics file {path}: {error}") from None
+    if metadata.get("format") != STATS_FORMAT:
+        raise PlanError(f"{path}: not a Sparse-vDiT statistics file")
+    if metadata.get("version") != str(STATS_VERSION):
+        raise PlanError(f"{path}: statistics version {metadata.get('version')} is not supported (this pack reads {STATS_VERSION})")
+    try:
+        stats = Statistics(
+            ModelShape(**json.loads(metadata["model"])), Geometry.from_dict(json.loads(metadata["geometry"])),
+            tuple(Candidate.from_dict(c) for c in json.loads(metadata["candidates"])),
+            tensors["sq_err"], tensors["power"], tensors["cost"], tensors["stripe_frames"], tensors["frame_mass"],
+            tensors["thumbnails"], tensors["probe_steps"], metadata.get("cost_source", "block-count"),
+            json.loads(metadata.get("info", "{}")))
+    except (KeyError, TypeError, ValueError) as error:
+        raise PlanError(f"{path}: incomplete statistics ({error})") from None
+    stats.check()
+    return stats

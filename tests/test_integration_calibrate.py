@@ -1,0 +1,129 @@
+"""Calibration, solving and preview on a real ComfyUI with a tiny Wan2.1."""
+import os
+
+import pytest
+import torch
+
+import comfy_harness as H
+
+pytestmark = pytest.mark.comfyui
+
+STEPS = 4
+
+
+@pytest.fixture
+def folder(comfy, tmp_path, monkeypatch):
+    from sparse_vdit.nodes import plan_files
+
+    monkeypatch.setattr(plan_files, "user_plans_dir", lambda: str(tmp_path))
+    for name in plan_files.EXTENSIONS:
+        monkeypatch.delitem(comfy.folder_paths.folder_names_and_paths, name, raising=False)
+    from sparse_vdit.nodes import calibrate_node, solve_node
+    monkeypatch.setattr(calibrate_node, "user_plans_dir", lambda: str(tmp_path))
+    monkeypatch.setattr(solve_node, "user_plans_dir", lambda: str(tmp_path))
+    return tmp_path
+
+
+def run_calibration(model, positive, negative, name="tiny_cal", epsilon=1.0):
+    from sparse_vdit.nodes.calibrate_node import SparseVDiTCalibrate
+
+    latent = {"samples": H.empty_latent()}
+    return SparseVDiTCalibrate.execute(model=model, positive=positive, negative=negative, latent_image=latent, seed=11,
+                                       steps=STEPS, cfg=4.0, sampler_name="euler", scheduler="simple", denoise=1.0,
+                                       lambda_cost=0.5, epsilon=epsilon, probe_steps=2, query_fraction=0.5,
+                                       plan_name=name, dense_warmup=0.25).result
+
+
+def test_calibrate_writes_plan_and_statistics_and_gives_the_dense_latent(folder):
+    from sparse_vdit.nodes.patch_node import SparseVDiTPatch
+    from sparse_vdit.plans.format import load_plan
+    from sparse_vdit.plans.statistics import load_statistics
+
+    model = H.tiny_wan_model(seed=0)
+    positive, negative = H.make_conds(model, seed=1)
+    patched, plan, latent = run_calibration(model, positive, negative)
+    dense = H.sample(model, positive, negative, H.empty_latent(), seed=11, steps=STEPS, cfg=4.0)
+    assert torch.equal(latent["samples"], dense), "calibration must sample dense"
+
+    assert sorted(os.listdir(folder)) == ["tiny_cal.json", "tiny_cal.stats.safetensors"]
+    saved = load_plan(str(folder / "tiny_cal.json"))
+    assert saved.layers == plan.layers and saved.provenance["kind"] == "calibrated"
+    assert saved.provenance["geometry"] == {"frames": 4, "rows": 10, "cols": 11, "prefix": 0, "suffix": 0}
+    assert saved.provenance["probe_steps"] == [1, 3]  # 2 probes after a 25% warm-up of 4 steps
+    stats = load_statistics(str(folder / "tiny_cal.stats.safetensors"))
+    assert stats.sq_err.shape == (2, 2, 4, len(stats.candidates)) and torch.isfinite(stats.sq_err).all()
+    assert (stats.power > 0).all() and stats.cost_source == "block-count"
+    # the Patch node loads the new plan by name, and the model it returned carries it
+    assert patched.model_options["transformer_options"]["optimized_attention_override"].plan.layers == plan.layers
+    SparseVDiTPatch.execute(model=model, plan="tiny_cal.json")
+
+
+def test_solve_reproduces_the_calibrated_plan_and_larger_epsilon_is_never_denser(folder):
+    from sparse_vdit.nodes.solve_node import SparseVDiTSolvePlan
+    from sparse_vdit.patterns import Geometry, compile_layer
+    from sparse_vdit.plans.format import plan_to_dict
+
+    model = H.tiny_wan_model(seed=0)
+    positive, negative = H.make_conds(model, seed=1)
+    _, plan, _ = run_calibration(model, positive, negative)
+    again = SparseVDiTSolvePlan.execute(statistics="tiny_cal.stats.safetensors", lambda_cost=0.5, epsilon=1.0,
+                                        target_speedup=0.0, plan_name="tiny_cal").result[0]
+    assert plan_to_dict(again) == plan_to_dict(plan)
+    geometry = Geometry(4, 10, 11)
+    density = []
+    for eps in (0.0, 0.5, 1.0, 5.0, 50.0):
+        solved = SparseVDiTSolvePlan.execute(statistics="tiny_cal.stats.safetensors", lambda_cost=0.5, epsilon=eps,
+                                             target_speedup=0.0, plan_name=f"eps_{eps}").result[0]
+        density.append(sum(compile_layer(l, geometry).density() for l in solved.layers))
+    assert all(a >= b - 1e-12 for a, b in zip(density, density[1:])), density
+    assert density[0] == pytest.approx(2.0)  # epsilon 0: everything full (no candidate is free of error and cost)
+
+
+def test_interrupt_mid_calibration_leaves_no_file(folder, monkeypatch):
+    import comfy.model_management as mm
+    from sparse_vdit.plans import calibrator
+
+    model = H.tiny_wan_model(seed=0)
+    positive, negative = H.make_conds(model, seed=1)
+    calls = {"n": 0}
+    real = calibrator.Calibrator.record
+
+    def record(self, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            mm.interrupt_current_processing(True)
+        return real(self, *args, **kwargs)
+    monkeypatch.setattr(calibrator.Calibrator, "record", record)
+    try:
+        with pytest.raises(mm.InterruptProcessingException):
+            run_calibration(model, positive, negative)
+    finally:
+        mm.interrupt_current_processing(False)
+    assert os.listdir(folder) == []
+
+
+def test_bad_calibration_input_fails_before_sampling(folder, monkeypatch):
+    from sparse_vdit.integration import calibrate
+    from sparse_vdit.plans.format import PlanError
+
+    model = H.tiny_wan_model(seed=0)
+    positive, negative = H.make_conds(model, seed=1)
+    sampled = []
+    monkeypatch.setattr(calibrate, "install_hook", lambda *a: sampled.append(1))
+    for name in ("../evil", "", "a/b"):
+        with pytest.raises(PlanError, match="plan name"):
+            run_calibration(model, positive, negative, name=name)
+    with pytest.raises(PlanError, match="epsilon"):
+        run_calibration(model, positive, negative, epsilon=-1)
+    assert not sampled and os.listdir(folder) == []
+
+
+def test_preview_image(folder):
+    from sparse_vdit.nodes.preview_node import SparseVDiTPlanPreview
+
+    model = H.tiny_wan_model(seed=0)
+    positive, negative = H.make_conds(model, seed=1)
+    _, plan, _ = run_calibration(model, positive, negative)
+    image = SparseVDiTPlanPreview.execute(plan=plan).result[0]
+    assert image.ndim == 4 and image.shape[0] == 1 and image.shape[-1] == 3
+    assert image.shape[1] > 100 and image.shape[2] > 300 and 0 <= float(image.min()) and float(image.max()) <= 1
