@@ -1,10 +1,12 @@
 """`python -m sparse_vdit demo`: the pack's main job on a built-in example.
 
 Builds one attention layer of a Wan-like geometry whose heads carry known
-(planted) patterns, applies a plan that gives each head its pattern, and
-prints per head the density, the error against dense attention and the time,
-then the whole layer against dense. Runs on a GPU (Triton kernel) or on the
-CPU (reference path), no model weights needed.
+(planted) patterns, searches a plan for it the way calibration does (score
+every candidate against dense, then the Judger), reports what the search
+found against the planted truth, applies the plan, and prints per head the
+density and the error against dense attention, then the layer's time
+against dense. Runs on a GPU (Triton kernel) or on the CPU (reference path),
+no model weights needed.
 """
 from __future__ import annotations
 
@@ -15,12 +17,17 @@ import torch
 
 from .kernels.dense import dense_attention
 from .kernels.dispatch import as_blhd, layer_attention
-from .patterns import Diagonal, Full, Geometry, LayerPattern, MultiDiagonal, Skip, VerticalStripe, compile_layer
+from .patterns import Geometry, compile_layer
+from .plans.calibrator import Calibrator
+from .plans.candidates import MENUS
+from .plans.cost import candidate_costs
+from .plans.format import ModelShape
+from .plans.search import solve_plan
 from .synthetic import planted_layer
 
-# What a head with each planted shape should be served with.
-PLAN_FOR_PLANTED = {"diagonal": Diagonal(1), "multi_diagonal": MultiDiagonal(1), "vertical_stripe": VerticalStripe((0,)),
-                    "uniform": Full(), "negligible": Skip()}
+# The mode a head with each planted shape should get.
+EXPECTED_MODE = {"diagonal": "diagonal", "multi_diagonal": "multi_diagonal", "vertical_stripe": "vertical_stripe",
+                 "uniform": "full", "negligible": "skip"}
 DEMO_MODES = ["diagonal", "multi_diagonal", "diagonal", "multi_diagonal", "vertical_stripe", "diagonal",
               "multi_diagonal", "uniform", "diagonal", "multi_diagonal", "negligible", "diagonal"]  # 12 heads, like Wan 1.3B
 
@@ -51,8 +58,8 @@ def run_demo(device: str = "auto", geometry: Geometry | None = None, repeats: in
     repeats = repeats or (20 if on_gpu else 1)
     dtype = torch.bfloat16 if on_gpu else torch.float32
     heads = len(DEMO_MODES)
-    layer = LayerPattern(tuple(PLAN_FOR_PLANTED[m] for m in DEMO_MODES))
     q, k, v = planted_layer(DEMO_MODES, geometry, head_dim=128, dtype=dtype, device=dev)
+    layer, search_s = search_layer(q, k, v, geometry, heads, dev, dtype)
     compiled = compile_layer(layer, geometry, str(dev))
 
     dense, dense_ms = _timed(lambda: dense_attention(*(as_blhd(x, "flat", heads).transpose(1, 2) for x in (q, k, v))), dev, repeats)
@@ -65,16 +72,33 @@ def run_demo(device: str = "auto", geometry: Geometry | None = None, repeats: in
     rows = []
     for h, planted in enumerate(DEMO_MODES):
         density = 1.0 if h in compiled.full_heads else 0.0 if h in compiled.skip_heads else pairs[h] / total
-        rows.append((h, planted, layer.heads[h].label(), density, float(errors[h])))
+        rows.append((h, planted, layer.heads[h].label(), density, float(errors[h]),
+                     layer.heads[h].name == EXPECTED_MODE[planted]))
     backend = "Triton kernel" if on_gpu else "reference path (CPU: correctness, not speed)"
     print(f"Sparse-vDiT demo on {torch.cuda.get_device_name(dev) if on_gpu else 'CPU'}: "
           f"one layer, {heads} heads x 128, {geometry.describe()}, {str(dtype).replace('torch.', '')}")
-    print(f"{'head':>4}  {'planted':<16}{'plan':<34}{'density':>8}  {'error vs dense':>15}")
-    for h, planted, label, density, error in rows:
-        print(f"{h:>4}  {planted:<16}{label:<34}{density:>8.3f}  {error:>15.2e}")
+    hits = sum(r[-1] for r in rows)
+    print(f"search: {search_s:.1f} s, found the planted mode for {hits} of {heads} heads")
+    print(f"{'head':>4}  {'planted':<16}{'found':<36}{'density':>8}  {'error vs dense':>15}")
+    for h, planted, label, density, error, hit in rows:
+        print(f"{h:>4}  {planted:<16}{label + ('' if hit else ' (!)'):<36}{density:>8.3f}  {error:>15.2e}")
     print(f"layer density {compiled.density():.3f}; dense {dense_ms:.2f} ms, sparse {sparse_ms:.2f} ms "
           f"({dense_ms / sparse_ms:.2f}x) on the {backend}")
-    return {"rows": rows, "density": compiled.density(), "dense_ms": dense_ms, "sparse_ms": sparse_ms}
+    return {"rows": rows, "density": compiled.density(), "dense_ms": dense_ms, "sparse_ms": sparse_ms, "hits": hits}
+
+
+def search_layer(q, k, v, geometry: Geometry, heads: int, device: torch.device, dtype):
+    """Calibration's search on one layer: score, cost, Judger (lambda 0.5, epsilon 1)."""
+    start = time.perf_counter()
+    head_dim = q.shape[-1] // heads
+    calibrator = Calibrator(ModelShape("demo", 1, heads, head_dim), MENUS["standard"], probe_count=1,
+                            query_fraction=0.1, warmup=0.0)
+    calibrator.probe_index(0, 1)
+    calibrator.accepts(geometry)
+    calibrator.record(0, 0, *(as_blhd(x, "flat", heads) for x in (q, k, v)))
+    cost, source = candidate_costs(calibrator.candidates, geometry, heads, head_dim, device, dtype)
+    plan = solve_plan(calibrator.statistics(cost, source), lam=0.5, eps=1.0, name="demo")
+    return plan.layers[0], time.perf_counter() - start
 
 
 def main(argv=None) -> None:

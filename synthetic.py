@@ -7,7 +7,7 @@ pattern says a query should look:
   multi_diagonal - nearby rows, any frame    (features of row only)
   vertical_stripe- keys of the first frame carry a direction every q shares
   uniform        - q ~ 0: attention spreads over everything, and the values
-                   vary with the frame, so only full attention gets it right
+                   vary with frame and row, so only full attention gets it right
   negligible     - v ~ 0: the head contributes nothing (can be skipped)
 """
 from __future__ import annotations
@@ -57,10 +57,11 @@ def planted_head(mode: str, geometry: Geometry, head_dim: int, generator, sharpn
         k = noise() + (t == 0).float()[:, None] * direction
         return q, k, v
     if mode == "uniform":
-        # values vary with the frame, so only attending everything gives the average
-        per_frame = torch.randn(geometry.frames + 1, head_dim, generator=generator) * 2
-        frame = torch.where(t >= 0, t, torch.full_like(t, geometry.frames)).long()
-        return noise() * 0.1, noise(), v * 0.2 + per_frame[frame]
+        # values vary with the frame and row, so only attending everything gives the average
+        n_rows = geometry.frames * geometry.rows
+        per_row = torch.randn(n_rows + 1, head_dim, generator=generator) * 2
+        row = torch.where(t >= 0, t * geometry.rows + y, torch.full_like(t, n_rows)).long()
+        return noise() * 0.1, noise(), v * 0.2 + per_row[row]
     if mode == "negligible":
         return noise(), noise(), v * 1e-4
     raise ValueError(f"unknown planted mode {mode!r}; known: {PLANTED_MODES}")

@@ -1,0 +1,113 @@
+"""The search on attention with planted per-head patterns: recovery, the
+Judger, monotonicity in epsilon, exact re-solving, the speedup solver."""
+import copy
+import random
+
+import pytest
+import torch
+
+from sparse_vdit.patterns import Geometry, compile_layer
+from sparse_vdit.plans.calibrator import Calibrator, select_probe_steps
+from sparse_vdit.plans.candidates import MENUS
+from sparse_vdit.plans.cost import block_share_costs
+from sparse_vdit.plans.format import ModelShape, PlanError, plan_to_dict
+from sparse_vdit.plans.search import (FULL, judge, normalised_errors, predicted_speedup, solve_for_speedup, solve_plan,
+                                      sparsity)
+from sparse_vdit.plans.statistics import load_statistics, save_statistics
+from sparse_vdit.synthetic import planted_layer
+
+GEOMETRY = Geometry(6, 16, 20)  # 1,920 tokens, 320 per frame
+LAYERS, HEADS, DIM = 6, 8, 64
+EXPECTED = {"diagonal": "diagonal", "multi_diagonal": "multi_diagonal", "vertical_stripe": "vertical_stripe",
+            "uniform": "full", "negligible": "skip"}
+
+
+@pytest.fixture(scope="module")
+def planted():
+    rng = random.Random(0)
+    modes = [[rng.choice(list(EXPECTED)) for _ in range(HEADS)] for _ in range(LAYERS)]
+    calibrator = Calibrator(ModelShape("synthetic", LAYERS, HEADS, DIM), MENUS["standard"], probe_count=2,
+                            query_fraction=0.5, warmup=0.0)
+    assert calibrator.probe_index(0, 2) == 0 and calibrator.accepts(GEOMETRY)
+    for probe in range(2):
+        for layer in range(LAYERS):
+            q, k, v = planted_layer(modes[layer], GEOMETRY, DIM, batch=2, seed=100 * layer + probe)
+            calibrator.record(probe, layer, *(x.view(2, GEOMETRY.seq_len, HEADS, DIM) for x in (q, k, v)))
+    stats = calibrator.statistics(block_share_costs(calibrator.candidates, GEOMETRY), "block-count")
+    return modes, stats
+
+
+def test_search_recovers_planted_modes(planted):
+    modes, stats = planted
+    plan = solve_plan(stats, 0.5, 1.0)
+    found = [[p.name for p in layer.heads] for layer in plan.layers]
+    hits = sum(EXPECTED[m] == f for ml, fl in zip(modes, found) for m, f in zip(ml, fl))
+    assert hits / (LAYERS * HEADS) >= 0.95, list(zip(modes, found))
+    stripe_heads = [(l, h) for l in range(LAYERS) for h in range(HEADS) if modes[l][h] == "vertical_stripe"]
+    assert stripe_heads and all(plan.layers[l].heads[h].frames == (0,) for l, h in stripe_heads)  # the sink frame
+
+
+def test_judger_keeps_full_when_every_candidate_fails():
+    errors = torch.tensor([[[5.0, 3.0, 0.2], [0.1, 0.9, 4.0]]])  # [L=1, H=2, C=3]
+    sparse = torch.tensor([1.0, 0.5, 0.2], dtype=torch.float64)
+    # head 0: scores 5, 3.25, 0.6 -> argmin 2; head 1: 0.1, 1.15, 4.4 -> 0
+    assert judge(errors.double(), sparse, 0.5, 1.0).tolist() == [[2, 0]]
+    assert judge(errors.double(), sparse, 0.5, 0.05).tolist() == [[FULL, FULL]]
+    with pytest.raises(PlanError):
+        judge(errors.double(), sparse, -1.0, 1.0)
+
+
+def test_larger_epsilon_is_never_denser(planted):
+    _, stats = planted
+    densities = []
+    for eps in (0.0, 0.1, 0.5, 1.0, 2.0, 10.0, 1e6):
+        plan = solve_plan(stats, 0.5, eps)
+        densities.append(sum(compile_layer(layer, GEOMETRY).density() for layer in plan.layers))
+    assert all(a >= b - 1e-12 for a, b in zip(densities, densities[1:])), densities
+    assert densities[0] == pytest.approx(LAYERS) and densities[-1] < 0.5 * LAYERS
+
+
+def test_saved_statistics_resolve_to_the_same_plan(planted, tmp_path):
+    _, stats = planted
+    path = str(tmp_path / "s.stats.safetensors")
+    save_statistics(stats, path)
+    loaded = load_statistics(path)
+    assert torch.equal(loaded.sq_err, stats.sq_err) and loaded.candidates == stats.candidates
+    for args in ((0.5, 1.0), (0.2, 3.0)):
+        assert plan_to_dict(solve_plan(loaded, *args)) == plan_to_dict(solve_plan(stats, *args))
+
+
+def test_bad_statistics_files(tmp_path):
+    path = tmp_path / "broken.stats.safetensors"
+    path.write_bytes(b"not safetensors at all")
+    with pytest.raises(PlanError, match="cannot read"):
+        load_statistics(str(path))
+
+
+def test_speedup_solver_meets_the_target_with_least_error(planted):
+    _, stats = planted
+    errors = normalised_errors(stats)
+    totals = []
+    for target in (1.5, 2.0, 3.0):
+        choice = solve_for_speedup(stats, target)
+        assert predicted_speedup(stats, choice) >= target - 1e-9
+        total = sum(float(errors[l, h, c]) for (l, h), c in zip(
+            [(l, h) for l in range(LAYERS) for h in range(HEADS)], choice.flatten().tolist()) if c != FULL)
+        totals.append(total)
+    assert totals == sorted(totals)  # a higher target never costs less error
+    no_free_candidate = copy.copy(stats)
+    no_free_candidate.cost = torch.ones_like(stats.cost)  # nothing is cheaper than full
+    with pytest.raises(PlanError, match="out of reach"):
+        solve_for_speedup(no_free_candidate, 1.5)
+
+
+def test_costs_and_sparsity_from_blocks():
+    costs = block_share_costs(MENUS["standard"], GEOMETRY)
+    assert costs[0] == 0 and costs[-1] == 1 and ((costs > 0) & (costs < 1))[1:-1].all()
+    assert sparsity(type("S", (), {"cost": costs})())[0] == 1.0
+
+
+def test_probe_steps_follow_the_warmup():
+    assert select_probe_steps(20, 3, 0.2) == [4, 12, 19]
+    assert select_probe_steps(4, 2, 0.25) == [1, 3]
+    assert select_probe_steps(10, 1, 0.0) == [0]
