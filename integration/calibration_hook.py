@@ -10,6 +10,21 @@ from .model_info import ModelInfo
 from .video_hook import VideoAttentionHook
 
 
+def observe(hook: VideoAttentionHook, calibrator: Calibrator, call: dict, layer: int, info: ForwardInfo) -> None:
+    """Hand a video self-attention call to the calibrator if its step is probed."""
+    probe = calibrator.probe_index(info.step, info.total_steps)
+    if probe is None:
+        hook.count("dense")
+        return
+    if not calibrator.accepts(info.geometry):
+        hook.log_once("geometry", "calibration keeps the first latent grid; %s is not scored.", info.geometry.describe())
+        return
+    layout = "bhld" if call.get("skip_reshape") else "flat"
+    heads = int(call["heads"])
+    calibrator.record(probe, layer, *(as_blhd(call[name], layout, heads) for name in ("q", "k", "v")))
+    hook.count("scored")
+
+
 class CalibrationHook(VideoAttentionHook):
     def __init__(self, model: ModelInfo, calibrator: Calibrator, previous=None):
         super().__init__(model, previous)
@@ -17,16 +32,5 @@ class CalibrationHook(VideoAttentionHook):
 
     def handle(self, func, call: dict, layer: int, info: ForwardInfo, args, kwargs):
         out = self.chain(func, args, kwargs, info)
-        probe = self.calibrator.probe_index(info.step, info.total_steps)
-        if probe is None:
-            self.count("dense")
-            return out
-        if not self.calibrator.accepts(info.geometry):
-            self.log_once("geometry", "calibration keeps the first latent grid; %s is not scored.", info.geometry.describe())
-            return out
-        layout = "bhld" if call.get("skip_reshape") else "flat"
-        heads = int(call["heads"])
-        q, k, v = (as_blhd(call[name], layout, heads) for name in ("q", "k", "v"))
-        self.calibrator.record(probe, layer, q, k, v)
-        self.count("scored")
+        observe(self, self.calibrator, call, layer, info)
         return out

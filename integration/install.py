@@ -43,9 +43,33 @@ def install_hook(model_patcher, hook: VideoAttentionHook):
     hook.previous = previous
     patched = model_patcher.clone()
     options = patched.model_options.setdefault("transformer_options", {})
-    patched.remove_wrappers_with_key(extension.WrappersMP.DIFFUSION_MODEL, WRAPPER_KEY)
+    for kind in (extension.WrappersMP.DIFFUSION_MODEL, extension.WrappersMP.OUTER_SAMPLE):
+        patched.remove_wrappers_with_key(kind, WRAPPER_KEY)
     patched.add_wrapper_with_key(extension.WrappersMP.DIFFUSION_MODEL, WRAPPER_KEY, hook.wrap_forward)
     options[OVERRIDE_KEY] = hook
+    return patched
+
+
+def apply_auto(model_patcher, folder: str, dense_warmup: float | None = None, backend: str = "auto"):
+    """A clone whose video self-attention follows the auto plan for its grid
+    (calibrated by the first run that needs one: see auto_patch.py)."""
+    import comfy.patcher_extension as extension
+
+    from .auto_patch import AutoPatch, weights_fingerprint
+
+    info = describe_model(model_patcher)
+    if info is None:
+        name = type(getattr(getattr(model_patcher, "model", None), "diffusion_model", None)).__name__
+        log.warning("Sparse-vDiT: %s is not a model this pack supports yet; it runs dense, unpatched.", name)
+        return model_patcher.clone()
+    if dense_warmup is not None and dense_warmup > 1:
+        raise ValueError(f"dense_warmup is a fraction of the steps (0 to 1), got {dense_warmup}")
+    fingerprint = weights_fingerprint(model_patcher.model.diffusion_model)
+    hook = AutoPatch(info, folder, fingerprint, dense_warmup, backend)
+    patched = install_hook(model_patcher, hook)
+    patched.remove_wrappers_with_key(extension.WrappersMP.OUTER_SAMPLE, WRAPPER_KEY)
+    patched.add_wrapper_with_key(extension.WrappersMP.OUTER_SAMPLE, WRAPPER_KEY, hook.wrap_sample)
+    log.info("Sparse-vDiT: auto plan on %s (weights %s).", info.describe(), fingerprint)
     return patched
 
 

@@ -9,7 +9,8 @@ from ..integration.calibrate import calibrate
 from ..integration.install import apply_plan
 from ..integration.sampling import sample_latent
 from ..plans.candidates import MENUS
-from .plan_files import register_plan_folder, user_plans_dir
+from . import plan_files
+from .plan_files import register_plan_folder
 from .types import PlanType
 
 
@@ -62,8 +63,8 @@ class SparseVDiTCalibrate(io.ComfyNode):
 
         settings = {"seed": seed, "steps": steps, "cfg": cfg, "sampler": sampler_name, "scheduler": scheduler,
                     "denoise": denoise}
-        result = calibrate(model, sample, plan_name=plan_name, folder=user_plans_dir(), lam=lambda_cost, eps=epsilon,
-                           probe_steps=probe_steps, query_fraction=query_fraction, menu=candidate_menu,
+        result = calibrate(model, sample, plan_name=plan_name, folder=plan_files.user_plans_dir(), lam=lambda_cost,
+                           eps=epsilon, probe_steps=probe_steps, query_fraction=query_fraction, menu=candidate_menu,
                            warmup=dense_warmup, settings=settings,
                            check_interrupt=comfy.model_management.throw_exception_if_processing_interrupted,
                            cost_cache=None)

@@ -3,9 +3,11 @@ from __future__ import annotations
 
 from comfy_api.latest import io
 
-from ..integration.install import apply_plan
+from ..integration.auto_patch import AUTO
+from ..integration.install import apply_auto, apply_plan
 from ..integration.sparse_patch import BACKENDS
-from .plan_files import load_named_plan, plan_names
+from . import plan_files
+from .plan_files import load_named_plan, plan_names, register_plan_folder
 
 
 class SparseVDiTPatch(io.ComfyNode):
@@ -19,8 +21,10 @@ class SparseVDiTPatch(io.ComfyNode):
                         "from a plan. Put it on the MODEL link just before the sampler.",
             inputs=[
                 io.Model.Input("model"),
-                io.Combo.Input("plan", options=plan_names(),
-                               tooltip="A plan file from models/sparse_vdit_plans or the plans shipped with the pack."),
+                io.Combo.Input("plan", options=[AUTO] + plan_names(),
+                               tooltip="A plan file from models/sparse_vdit_plans or the plans shipped with the pack. "
+                                       "auto: the first run with a new model or resolution stays dense and calibrates "
+                                       "a plan; later runs use it."),
                 io.Float.Input("dense_warmup", default=-1.0, min=-1.0, max=1.0, step=0.05,
                                tooltip="Fraction of the steps run dense first. -1 uses the plan's own setting."),
                 io.Boolean.Input("enabled", default=True, tooltip="Off passes the model through unchanged."),
@@ -36,4 +40,7 @@ class SparseVDiTPatch(io.ComfyNode):
                 backend: str = "auto") -> io.NodeOutput:
         if not enabled:
             return io.NodeOutput(model)
+        if plan == AUTO:
+            register_plan_folder()
+            return io.NodeOutput(apply_auto(model, plan_files.user_plans_dir(), dense_warmup, backend))
         return io.NodeOutput(apply_plan(model, load_named_plan(plan), dense_warmup, backend))

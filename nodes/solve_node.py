@@ -8,7 +8,8 @@ from comfy_api.latest import io
 from ..integration.calibrate import check_plan_name
 from ..plans.format import save_plan
 from ..plans.search import solve_plan
-from .plan_files import load_named_statistics, statistics_names, user_plans_dir
+from . import plan_files
+from .plan_files import load_named_statistics, statistics_names
 from .types import PlanType
 
 
@@ -38,5 +39,5 @@ class SparseVDiTSolvePlan(io.ComfyNode):
         name = check_plan_name(plan_name)
         stats = load_named_statistics(statistics)
         plan = solve_plan(stats, lambda_cost, epsilon, target_speedup, name=name, statistics=statistics)
-        save_plan(plan, os.path.join(user_plans_dir(), name + ".json"))
+        save_plan(plan, os.path.join(plan_files.user_plans_dir(), name + ".json"))
         return io.NodeOutput(plan)

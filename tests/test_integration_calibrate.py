@@ -18,9 +18,6 @@ def folder(comfy, tmp_path, monkeypatch):
     monkeypatch.setattr(plan_files, "user_plans_dir", lambda: str(tmp_path))
     for name in plan_files.EXTENSIONS:
         monkeypatch.delitem(comfy.folder_paths.folder_names_and_paths, name, raising=False)
-    from sparse_vdit.nodes import calibrate_node, solve_node
-    monkeypatch.setattr(calibrate_node, "user_plans_dir", lambda: str(tmp_path))
-    monkeypatch.setattr(solve_node, "user_plans_dir", lambda: str(tmp_path))
     return tmp_path
 
 
@@ -127,3 +124,57 @@ def test_preview_image(folder):
     image = SparseVDiTPlanPreview.execute(plan=plan).result[0]
     assert image.ndim == 4 and image.shape[0] == 1 and image.shape[-1] == 3
     assert image.shape[1] > 100 and image.shape[2] > 300 and 0 <= float(image.min()) and float(image.max()) <= 1
+
+
+def test_auto_plan_calibrates_on_the_first_run_and_serves_it_after(folder, caplog, monkeypatch):
+    import logging
+
+    from sparse_vdit.nodes.patch_node import SparseVDiTPatch
+    from sparse_vdit.plans import search
+
+    # random weights have no sparse structure worth keeping at the default
+    # budget; a lenient error unit makes the auto plan sparse so serving shows
+    monkeypatch.setattr(search, "ERROR_UNIT", 1e4)
+
+    model = H.tiny_wan_model(seed=0)
+    positive, negative = H.make_conds(model, seed=1)
+    dense = H.sample(model, positive, negative, seed=3, steps=STEPS)
+    patched = SparseVDiTPatch.execute(model=model, plan="auto", backend="reference").result[0]
+    with caplog.at_level(logging.INFO, logger="sparse_vdit"):
+        first = H.sample(patched, positive, negative, seed=3, steps=STEPS)
+    assert torch.equal(first, dense), "the calibrating run is dense"
+    files = sorted(os.listdir(folder))
+    assert len(files) == 2 and files[0].startswith("auto_wan2.1-t2v_2x4x16_") and files[0].endswith("_4x10x11.json")
+    assert any("calibrated and saved" in r.message for r in caplog.records)
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="sparse_vdit"):
+        second = H.sample(patched, positive, negative, seed=3, steps=STEPS)
+    hook = patched.model_options["transformer_options"]["optimized_attention_override"]
+    assert hook.counts.get("sparse", 0) > 0 and not torch.equal(second, dense)
+    # a fresh Patch node finds the saved plan too
+    again = SparseVDiTPatch.execute(model=model, plan="auto", backend="reference").result[0]
+    with caplog.at_level(logging.INFO, logger="sparse_vdit"):
+        assert torch.equal(H.sample(again, positive, negative, seed=3, steps=STEPS), second)
+    assert any("using the saved plan" in r.message for r in caplog.records)
+
+
+def test_auto_plan_interrupted_first_run_saves_nothing(folder, monkeypatch):
+    import comfy.model_management as mm
+    from sparse_vdit.nodes.patch_node import SparseVDiTPatch
+    from sparse_vdit.plans import calibrator
+
+    model = H.tiny_wan_model(seed=0)
+    positive, negative = H.make_conds(model, seed=1)
+    real = calibrator.Calibrator.record
+
+    def record(self, *args, **kwargs):
+        mm.interrupt_current_processing(True)
+        return real(self, *args, **kwargs)
+    monkeypatch.setattr(calibrator.Calibrator, "record", record)
+    patched = SparseVDiTPatch.execute(model=model, plan="auto", backend="reference").result[0]
+    try:
+        with pytest.raises(mm.InterruptProcessingException):
+            H.sample(patched, positive, negative, seed=3, steps=STEPS)
+    finally:
+        mm.interrupt_current_processing(False)
+    assert os.listdir(folder) == []
