@@ -16,6 +16,8 @@ from __future__ import annotations
 import logging
 import threading
 
+import torch
+
 from .forward_info import KEY as FORWARD_KEY
 from .forward_info import ForwardInfo, step_of, wan_geometry
 from .model_info import ModelInfo
@@ -81,6 +83,10 @@ class VideoAttentionHook:
         return dense
 
     # ----- the override ----------------------------------------------------
+    # Under a user's torch.compile the hook runs eagerly (a clean graph break
+    # around each attention call): its routing is Python over per-call facts,
+    # and the Triton kernel is a custom op either way.
+    @torch.compiler.disable
     def __call__(self, func, *args, **kwargs):
         if getattr(self._local, "chaining", 0):
             return self.chain(func, args, kwargs, None)

@@ -230,3 +230,19 @@ def test_auto_backend_on_cpu_runs_dense(setup, plan_folder, spy):
     patched = patch(model, "mixed", backend="auto")
     out = H.sample(patched, positive, negative, seed=3, steps=1)
     assert not spy and torch.equal(out, H.sample(model, positive, negative, seed=3, steps=1))
+
+
+def test_patched_model_survives_torch_compile(setup, plan_folder, spy):
+    """ComfyUI's own torch.compile wrapper around a patched model: no
+    graph-break error, the sparse path still runs, same output as eager."""
+    from comfy_api.torch_helpers import set_torch_compile_wrapper
+
+    model, positive, negative = setup
+    patched = patch(model, "mixed")
+    eager = H.sample(patched, positive, negative, seed=3, steps=1)
+    compiled = patched.clone()
+    set_torch_compile_wrapper(model=compiled, backend="aot_eager")
+    spy.clear()
+    out = H.sample(compiled, positive, negative, seed=3, steps=1)
+    assert len(spy) == LAYERS
+    assert H.rel_diff(out, eager) < 1e-5
