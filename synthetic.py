@@ -45,14 +45,16 @@ def planted_head(mode: str, geometry: Geometry, head_dim: int, generator, sharpn
     n = geometry.seq_len
     v = torch.randn(n, head_dim, generator=generator)
     noise = lambda: 0.05 * torch.randn(n, head_dim, generator=generator)  # noqa: E731
-    scale = sharpness * math.sqrt(math.sqrt(head_dim))  # logits ~ sharpness^2 * kernel
+    # q.k / sqrt(D) = sharpness^2 * kernel: peaked, at the logit range real
+    # (RMS-normed) heads have, so quantizing kernels see realistic inputs
+    scale = sharpness / math.sqrt(math.sqrt(head_dim))
     if mode in ("diagonal", "multi_diagonal"):
         coords = torch.stack([t * (1000.0 if mode == "diagonal" else 0.0), y], 1)
         feats = _fourier(coords, head_dim, reach_rows, generator) * math.sqrt(head_dim)
         return scale * feats + noise(), scale * feats + noise(), v
     if mode == "vertical_stripe":
         direction = torch.randn(head_dim, generator=generator)
-        direction = direction / direction.norm() * scale * math.sqrt(math.sqrt(head_dim))
+        direction = direction / direction.norm() * sharpness * math.sqrt(math.sqrt(head_dim))
         q = direction.expand(n, head_dim) + noise()
         k = noise() + (t == 0).float()[:, None] * direction
         return q, k, v

@@ -83,7 +83,7 @@ def score_layer(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, geometry: Geo
     k_top = max(max_top_frames(candidates), 1)
 
     sq_err = torch.zeros(heads, len(candidates), dtype=torch.float64)
-    power = torch.zeros((), dtype=torch.float64)
+    power = 0.0
     frame_mass = torch.zeros(heads, geometry.frames)
     chosen = torch.zeros(heads, k_top, dtype=torch.int64)
     thumbs = torch.zeros(heads, THUMB_ROWS, THUMB_COLS)
@@ -123,7 +123,7 @@ def score_layer(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, geometry: Geo
             r = p_blocks.sum(-1)                                          # [B, n, n_kb]
             z = torch.einsum("bnkj,bkjd->bnkd", p_blocks, vh)             # [B, n, n_kb, D]
             dense = z.sum(2)
-            power += dense.double().pow(2).sum()
+            power += float(dense.double().pow(2).sum())
             which = block_of_row[start:start + part.numel()]
             for ci, mask in enumerate(masks):
                 if mask is None:
@@ -137,4 +137,4 @@ def score_layer(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, geometry: Geo
         thumbs[h] = _bin_sum(thumb_rows, THUMB_ROWS, 0).cpu()
     count = batch * n_rows * head_dim
     thumbs = thumbs / thumbs.amax(dim=(1, 2), keepdim=True).clamp_min(1e-30)
-    return LayerScores(sq_err / count, float(power) / (count * heads), frame_mass, chosen, thumbs.half())
+    return LayerScores(sq_err / count, power / (count * heads), frame_mass, chosen, thumbs.half())
