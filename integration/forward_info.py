@@ -21,6 +21,9 @@ class ForwardInfo:
     sigma: float | None
     self_attention_calls: int = field(default=0)  # for models without block_index
     outer: object = None      # an override installed after ours, called first
+    # False where a forward makes more self-attention calls than it has
+    # layers (VACE): without block_index their layers cannot be counted.
+    countable: bool = True
 
 
 def wan_geometry(x: torch.Tensor, patch_size: tuple[int, int, int], time_dim_concat=None,

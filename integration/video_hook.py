@@ -119,6 +119,10 @@ class VideoAttentionHook:
         info.self_attention_calls += 1
         index = options.get("block_index")
         if index is None:
+            if not info.countable:
+                self.log_once("uncountable", "this model makes extra self-attention calls (VACE) and ComfyUI gives no "
+                              "block_index (needs ComfyUI >= 0.5.0): it runs dense.")
+                return None
             index = info.self_attention_calls - 1
         heads = int(call["heads"])
         head_dim = q.shape[-1] if call.get("skip_reshape") else q.shape[-1] // heads
@@ -148,7 +152,8 @@ class VideoAttentionHook:
         step, total, sigma = step_of(options)
         if step is None:
             self.log_once("no-step", "the sampler gave no step schedule; step-dependent settings cannot apply.")
-        info = ForwardInfo(wan_geometry(x, self.model.patch_size, time_dim_concat, reference), step, total, sigma)
+        info = ForwardInfo(wan_geometry(x, self.model.patch_size, time_dim_concat, reference), step, total, sigma,
+                           countable=getattr(executor.class_obj, "vace_blocks", None) is None)
         current = options.get(OVERRIDE_KEY)
         info.outer = current if current is not self else None
         options[FORWARD_KEY] = info

@@ -360,8 +360,15 @@ def tiny_wan_model(
     qk_scale: float = 2.0,
     gain: float = 1.0,
     dtype: torch.dtype = torch.float32,
+    config_class: str = "WAN21_T2V",
+    extra_config: dict | None = None,
 ):
     """A real ``model_base.WAN21`` (tiny, random weights) in a ModelPatcher on CPU.
+
+    ``config_class`` names another class of ``comfy.supported_models`` (e.g.
+    ``WAN21_Vace``) and ``extra_config`` adds unet_config keys (e.g.
+    ``{"model_type": "vace", "vace_layers": 1, "vace_in_dim": 96}`` or
+    ``{"in_dim_ref_conv": 16}`` for Fun-style reference tokens).
 
     Built like ComfyUI's loader does: ``supported_models.WAN21_T2V(unet_config)``,
     ``set_inference_dtype``, ``get_model({}, device=cpu)``; weights from
@@ -371,7 +378,8 @@ def tiny_wan_model(
     """
     ns = _ns()
     cfg = wan_unet_config(num_layers, num_heads, head_dim, ffn_mult, text_dim, text_len)
-    model_config = ns.supported_models.WAN21_T2V(cfg)
+    cfg.update(extra_config or {})
+    model_config = getattr(ns.supported_models, config_class)(cfg)
     model_config.set_inference_dtype(dtype, None)
     logger = logging.getLogger()
     level = logger.level
