@@ -16,12 +16,13 @@ def observe(hook: VideoAttentionHook, calibrator: Calibrator, call: dict, layer:
     if probe is None:
         hook.count("dense")
         return
-    if not calibrator.accepts(info.geometry):
-        hook.log_once("geometry", "calibration keeps the first latent grid; %s is not scored.", info.geometry.describe())
+    geometry, qkv = hook.kept_tokens(call)
+    if not calibrator.accepts(geometry):
+        hook.log_once("geometry", "calibration keeps the first latent grid; %s is not scored.", geometry.describe())
         return
     layout = "bhld" if call.get("skip_reshape") else "flat"
     heads = int(call["heads"])
-    calibrator.record(probe, layer, *(as_blhd(call[name], layout, heads) for name in ("q", "k", "v")))
+    calibrator.record(probe, layer, *(as_blhd(x, layout, heads) for x in qkv), geometry=geometry)
     hook.count("scored")
 
 

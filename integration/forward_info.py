@@ -26,18 +26,45 @@ class ForwardInfo:
     countable: bool = True
 
 
+def grid_geometry(x: torch.Tensor, patch_size: tuple[int, int, int], pad: bool = True) -> Geometry:
+    """The video grid of latent x [B, C, T, H, W] after patchify (padded up
+    to the patch size, or floored)."""
+    size = (lambda n, p: math.ceil(n / p)) if pad else (lambda n, p: n // p)
+    return Geometry(*(size(n, p) for n, p in zip(x.shape[2:], patch_size)))
+
+
 def wan_geometry(x: torch.Tensor, patch_size: tuple[int, int, int], time_dim_concat=None,
                  reference_latent=None) -> Geometry:
     """Tokens of Wan self-attention for latent x [B, C, T, H, W]: the video
     grid after padding to the patch size, frames appended through
     time_dim_concat, and Fun-style reference tokens placed first."""
-    pt, ph, pw = patch_size
-    frames = math.ceil(x.shape[2] / pt)
+    grid = grid_geometry(x, patch_size)
+    frames = grid.frames
     if time_dim_concat is not None:
-        frames += math.ceil(time_dim_concat.shape[2] / pt)
-    rows, cols = math.ceil(x.shape[3] / ph), math.ceil(x.shape[4] / pw)
-    prefix = rows * cols if reference_latent is not None else 0
-    return Geometry(frames, rows, cols, prefix=prefix)
+        frames += math.ceil(time_dim_concat.shape[2] / patch_size[0])
+    prefix = grid.rows * grid.cols if reference_latent is not None else 0
+    return Geometry(frames, grid.rows, grid.cols, prefix=prefix)
+
+
+def key_padding_length(mask: torch.Tensor, seq_len: int) -> int | None:
+    """For a mask that only hides a trailing run of keys, the same for every
+    query and batch row (HunyuanVideo's padded text), the number of keys
+    kept; None for any other mask. Boolean masks keep True; additive masks
+    keep 0 and hide large negative values."""
+    if mask.shape[-1] != seq_len or (mask.ndim >= 2 and mask.shape[-2] != 1):
+        return None
+    rows = mask.reshape(-1, seq_len)
+    if not torch.equal(rows, rows[:1].expand_as(rows)):
+        return None
+    row = rows[0]
+    if row.dtype == torch.bool:
+        keep = row
+    else:
+        keep = row == 0
+        if not bool(((row == 0) | (row < -1e4)).all()):
+            return None  # a soft bias, not padding
+    kept = int(keep.sum())
+    return kept if bool(keep[:kept].all()) else None
 
 
 def step_of(transformer_options: dict) -> tuple[int | None, int | None, float | None]:

@@ -3,7 +3,7 @@ attention shape, read off the diffusion model object. Returns None for a
 model the pack does not understand (it then runs dense)."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 
 @dataclass(frozen=True)
@@ -13,6 +13,15 @@ class ModelInfo:
     heads: int
     head_dim: int
     patch_size: tuple[int, int, int]
+    # HunyuanVideo: double blocks, then single blocks whose block_index
+    # restarts at 0; plan layer = double_layers + index for single blocks.
+    double_layers: int = 0
+    # Joint attention: text tokens follow the video tokens (their count
+    # depends on the prompt, so it is read off each call).
+    text_after_video: bool = False
+    # Wan pads the latent up to the patch size; HunyuanVideo's patch
+    # embedding floors.
+    pads_to_patch: bool = True
 
     def describe(self) -> str:
         return f"{self.family}: {self.layers} layers x {self.heads} heads x head_dim {self.head_dim}"
@@ -22,8 +31,23 @@ def diffusion_model_of(model_patcher):
     return getattr(getattr(model_patcher, "model", None), "diffusion_model", None)
 
 
+def _is(diffusion_model, class_name: str) -> bool:
+    return any(c.__name__ == class_name for c in type(diffusion_model).__mro__)
+
+
 def describe_diffusion_model(diffusion_model) -> ModelInfo | None:
     name = type(diffusion_model).__name__
+    if _is(diffusion_model, "HunyuanVideo"):
+        double = getattr(diffusion_model, "double_blocks", None)
+        single = getattr(diffusion_model, "single_blocks", None)
+        heads = getattr(diffusion_model, "num_heads", None)
+        hidden = getattr(diffusion_model, "hidden_size", None)
+        patch = tuple(getattr(diffusion_model, "patch_size", ()) or ())
+        if double is None or single is None or not heads or not hidden or len(patch) != 3:
+            return None  # e.g. the 2-D image variant
+        return ModelInfo("hunyuan_video", len(double) + len(single), int(heads), int(hidden) // int(heads),
+                         tuple(int(p) for p in patch), double_layers=len(double), text_after_video=True,
+                         pads_to_patch=False)
     # Every native Wan variant (T2V, I2V, FLF, Fun, VACE, Camera, Phantom...)
     # subclasses WanModel and keeps .blocks / .num_heads / .dim / .patch_size.
     if name.endswith("WanModel") or any(c.__name__ == "WanModel" for c in type(diffusion_model).__mro__):
@@ -45,4 +69,4 @@ def describe_model(model_patcher) -> ModelInfo | None:
     # A more precise family name, e.g. "wan2.1 t2v", where the config says it.
     config = getattr(getattr(getattr(model_patcher, "model", None), "model_config", None), "unet_config", None) or {}
     precise = " ".join(str(config[k]) for k in ("image_model", "model_type") if config.get(k))
-    return ModelInfo(precise or info.family, info.layers, info.heads, info.head_dim, info.patch_size)
+    return replace(info, family=precise or info.family)

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import logging
 
+import torch
+
 from ..kernels import triton_backend
 from ..kernels.dispatch import as_blhd, layer_attention
 from ..patterns.layer import compile_layer
@@ -66,12 +68,22 @@ class SparsePatch(VideoAttentionHook):
         return out
 
     def _sparse(self, func, call: dict, index: int, info: ForwardInfo, kwargs: dict):
-        compiled = compile_layer(self.plan.layers[index], info.geometry, str(call["q"].device))
+        geometry, (q, k, v) = self.kept_tokens(call)
+        heads, layout = int(call["heads"]), self.layout(call)
+        out_layout = "bhld" if call.get("skip_output_reshape") else "flat"
+        compiled = compile_layer(self.plan.layers[index], geometry, str(q.device))
         if "serving" not in self._logged:
             self.log_once("serving", "plan '%s' serving %s (layer %d density %.2f).", self.plan.name,
-                          info.geometry.describe(), index, compiled.density())
-        out_layout = "bhld" if call.get("skip_output_reshape") else "flat"
-        return layer_attention(call["q"], call["k"], call["v"], compiled, heads=int(call["heads"]),
-                               layout=self.layout(call), out_layout=out_layout,
-                               dense_fn=self.dense_heads_fn(func, kwargs, info),
-                               backend="triton" if self.backend == "auto" else self.backend)
+                          geometry.describe(), index, compiled.density())
+        dense = self.dense_heads_fn(func, kwargs, info)
+        out = layer_attention(q, k, v, compiled, heads=heads, layout=layout, out_layout=out_layout, dense_fn=dense,
+                              backend="triton" if self.backend == "auto" else self.backend)
+        padded = call["geometry"].seq_len - geometry.seq_len
+        if not padded:
+            return out
+        # Queries of padded text tokens: dense over the kept keys, as the mask had it.
+        q_pad = as_blhd(call["q"], layout, heads)[:, geometry.seq_len:].transpose(1, 2)
+        tail = dense(q_pad, as_blhd(k, layout, heads).transpose(1, 2), as_blhd(v, layout, heads).transpose(1, 2))
+        if out_layout == "bhld":
+            return torch.cat([out, tail], dim=2)
+        return torch.cat([out, tail.transpose(1, 2).reshape(tail.shape[0], padded, -1)], dim=1)

@@ -15,11 +15,13 @@ from __future__ import annotations
 
 import logging
 import threading
+from dataclasses import replace
 
 import torch
 
+from ..patterns.geometry import Geometry
 from .forward_info import KEY as FORWARD_KEY
-from .forward_info import ForwardInfo, step_of, wan_geometry
+from .forward_info import ForwardInfo, grid_geometry, key_padding_length, step_of, wan_geometry
 from .model_info import ModelInfo
 
 OVERRIDE_KEY = "optimized_attention_override"
@@ -72,6 +74,18 @@ class VideoAttentionHook:
         finally:
             self._local.chaining = depth
 
+    @staticmethod
+    def kept_tokens(call: dict) -> tuple[Geometry, tuple]:
+        """The call's geometry and q, k, v without padded text tokens (the
+        keys its mask hides, which sit at the end)."""
+        geometry, valid = call["geometry"], call.get("valid_len")
+        qkv = (call["q"], call["k"], call["v"])
+        if valid is None or valid == geometry.seq_len:
+            return geometry, qkv
+        axis = 2 if call.get("skip_reshape") else 1
+        return (replace(geometry, suffix=geometry.suffix - (geometry.seq_len - valid)),
+                tuple(x.narrow(axis, 0, valid) for x in qkv))
+
     def dense_heads_fn(self, func, kwargs: dict, info: ForwardInfo):
         """A dense function over [B, h, L, D] for a group of heads of a call,
         through the chain, so full heads use the attention the model would have."""
@@ -104,17 +118,22 @@ class VideoAttentionHook:
         raise NotImplementedError
 
     def video_layer(self, call: dict, info: ForwardInfo | None, options: dict) -> int | None:
-        """The layer of a video self-attention call this hook can take, else None."""
+        """The layer of a video self-attention call this hook can take, else
+        None. Sets call["geometry"] (the grid plus any text tokens of this
+        call) and, for a padded-text mask, call["valid_len"]."""
         q, k = call.get("q"), call.get("k")
         if info is None or q is None or k is None or call.get("heads") is None:
             return None
         seq_axis = 2 if call.get("skip_reshape") else 1
         q_len, k_len = q.shape[seq_axis], k.shape[seq_axis]
-        if q_len != k_len or q_len != info.geometry.seq_len:
-            if q_len == k_len and q_len > 1:
+        geometry = info.geometry
+        if self.model.text_after_video and q_len == k_len and q_len > geometry.seq_len:
+            geometry = replace(geometry, suffix=q_len - geometry.prefix - geometry.video_tokens)
+        if q_len != k_len or q_len != geometry.seq_len:
+            if q_len == k_len and q_len > 1 and not self.model.text_after_video:
                 self.log_once(f"len:{q_len}", "self-attention of %d tokens does not match the latent grid %s; it runs dense.",
                               q_len, info.geometry.describe())
-            return None  # cross-attention or another module's attention
+            return None  # cross-attention, a text refiner, or another module's attention
         # A video self-attention call: count it (models without block_index).
         info.self_attention_calls += 1
         index = options.get("block_index")
@@ -124,11 +143,16 @@ class VideoAttentionHook:
                               "block_index (needs ComfyUI >= 0.5.0): it runs dense.")
                 return None
             index = info.self_attention_calls - 1
+        elif options.get("block_type") == "single":
+            index += self.model.double_layers
         heads = int(call["heads"])
         head_dim = q.shape[-1] if call.get("skip_reshape") else q.shape[-1] // heads
         if call.get("mask") is not None:
-            self.log_once("mask", "attention masks are not supported yet; masked calls run dense.")
-            return None
+            valid = key_padding_length(call["mask"], q_len)
+            if valid is None or valid < geometry.prefix + geometry.video_tokens:
+                self.log_once("mask", "this attention mask is not one the sparse path supports; masked calls run dense.")
+                return None
+            call["valid_len"] = valid
         if (heads, head_dim) != (self.model.heads, self.model.head_dim):
             self.log_once(f"shape:{heads}x{head_dim}", "a call with %d heads x %d does not fit %s; it runs dense.",
                           heads, head_dim, self.model.describe())
@@ -136,9 +160,19 @@ class VideoAttentionHook:
         if not 0 <= index < self.model.layers:
             self.log_once(f"index:{index}", "layer %s is beyond the model's %d layers; it runs dense.", index, self.model.layers)
             return None
+        call["geometry"] = geometry
         return index
 
     # ----- the diffusion-model wrapper --------------------------------------
+    def forward_geometry(self, executor, x, args, kwargs) -> Geometry:
+        """The token grid of this forward's video self-attention."""
+        if self.model.family.startswith("wan"):
+            time_dim_concat = args[4] if len(args) > 5 else kwargs.get("time_dim_concat")
+            ref_conv = getattr(executor.class_obj, "ref_conv", None)
+            reference = kwargs.get("reference_latent") if ref_conv is not None else None
+            return wan_geometry(x, self.model.patch_size, time_dim_concat, reference)
+        return grid_geometry(x, self.model.patch_size, pad=self.model.pads_to_patch)
+
     def wrap_forward(self, executor, *args, **kwargs):
         """Record the latent grid and step for this forward, and make sure our
         override is the one ComfyUI calls (a later patch may have replaced it)."""
@@ -147,12 +181,10 @@ class VideoAttentionHook:
         if options is None or x is None or x.ndim != 5:
             self.log_once("no-grid", "could not read the latent grid; this model runs dense.")
             return executor(*args, **kwargs)
-        time_dim_concat = args[4] if len(args) > 5 else kwargs.get("time_dim_concat")
-        reference = kwargs.get("reference_latent") if getattr(executor.class_obj, "ref_conv", None) is not None else None
         step, total, sigma = step_of(options)
         if step is None:
             self.log_once("no-step", "the sampler gave no step schedule; step-dependent settings cannot apply.")
-        info = ForwardInfo(wan_geometry(x, self.model.patch_size, time_dim_concat, reference), step, total, sigma,
+        info = ForwardInfo(self.forward_geometry(executor, x, args, kwargs), step, total, sigma,
                            countable=getattr(executor.class_obj, "vace_blocks", None) is None)
         current = options.get(OVERRIDE_KEY)
         info.outer = current if current is not self else None

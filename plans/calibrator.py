@@ -63,15 +63,20 @@ class Calibrator:
         return self.probe_steps.index(step) if step in self.probe_steps else None
 
     def accepts(self, geometry: Geometry) -> bool:
+        """Calibration keeps the first video grid; calls may differ in the
+        number of text tokens after the video (prompts differ)."""
         if self.geometry is None:
             self.geometry = geometry
             self._frame_mass = torch.zeros(self.model.layers, self.model.heads, geometry.frames)
-        return geometry == self.geometry
+        grid = (self.geometry.frames, self.geometry.rows, self.geometry.cols, self.geometry.prefix)
+        return (geometry.frames, geometry.rows, geometry.cols, geometry.prefix) == grid
 
-    def record(self, probe: int, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
-        """q, k, v: [B, L, H, D] of one call of layer `layer` at probe step `probe`."""
+    def record(self, probe: int, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+               geometry: Geometry | None = None) -> None:
+        """q, k, v: [B, L, H, D] of one call of layer `layer` at probe step
+        `probe`; geometry: the call's own (defaults to the calibration's)."""
         self.check_interrupt()
-        geometry = self.geometry
+        geometry = geometry or self.geometry
         n_q_blocks = (geometry.seq_len + DEFAULT_BLOCK_M - 1) // DEFAULT_BLOCK_M
         blocks = sampled_query_blocks(n_q_blocks, self.query_fraction)
         known = self._stripe[layer] if self._stripe_known[layer] else None

@@ -5,7 +5,7 @@ import logging
 import pytest
 import torch
 
-from sparse_vdit.integration.forward_info import KEY, ForwardInfo, step_of, wan_geometry
+from sparse_vdit.integration.forward_info import KEY, ForwardInfo, key_padding_length, step_of, wan_geometry
 from sparse_vdit.integration.model_info import ModelInfo
 from sparse_vdit.integration.sparse_patch import SparsePatch
 from sparse_vdit.patterns import Diagonal, Full, Geometry, LayerPattern, MultiDiagonal
@@ -133,3 +133,43 @@ def test_wan_geometry_and_step():
     assert step_of({"sigmas": torch.tensor([0.5, 0.5]), "sample_sigmas": schedule}) == (2, 4, 0.5)
     assert step_of({"sigmas": torch.tensor([0.6]), "sample_sigmas": schedule})[0] == 2  # nearest step
     assert step_of({}) == (None, None, None)
+
+
+def test_key_padding_masks():
+    additive = torch.zeros(1, 1, 10)
+    additive[..., 7:] = -torch.finfo(torch.float32).max
+    assert key_padding_length(additive, 10) == 7
+    assert key_padding_length(torch.zeros(2, 1, 10), 10) == 10
+    assert key_padding_length(torch.tensor([True] * 6 + [False] * 4), 10) == 6
+    hole = torch.zeros(1, 1, 10)
+    hole[..., 3] = -1e9
+    assert key_padding_length(hole, 10) is None          # not a trailing run
+    assert key_padding_length(torch.zeros(1, 1, 10, 10), 10) is None  # per-query mask
+    assert key_padding_length(torch.full((1, 1, 10), -0.5), 10) is None  # a soft bias
+    different = torch.zeros(2, 1, 10)
+    different[1, :, 8:] = -1e9
+    assert key_padding_length(different, 10) is None     # rows differ across the batch
+
+
+def test_masked_call_with_padded_text_is_served_on_the_kept_tokens():
+    """Joint text after the video, the last text keys masked: the sparse path
+    runs on the kept tokens and the padded queries run dense over them."""
+    text, kept = 6, 4
+    info = ModelInfo("hunyuan_video", 2, HEADS, DIM, (1, 2, 2), double_layers=1, text_after_video=True, pads_to_patch=False)
+    seen = []
+
+    def func(q, k, v, heads=None, **kwargs):
+        seen.append((q.shape[2], k.shape[2]))
+        return torch.nn.functional.scaled_dot_product_attention(q, k, v)
+    p = SparsePatch(PLAN, info, PLAN.dense, backend="reference")
+    length = GEOMETRY.seq_len + text
+    q, k, v = (torch.randn(1, HEADS, length, DIM) for _ in range(3))
+    mask = torch.zeros(1, 1, length)
+    mask[..., GEOMETRY.seq_len + kept:] = -1e30
+    opts = options()
+    out = p(func, q, k, v, HEADS, mask=mask, skip_reshape=True, transformer_options=opts)
+    assert p.counts == {"sparse": 1} and out.shape == (1, length, HEADS * DIM)
+    assert seen == [(text - kept, GEOMETRY.seq_len + kept)]  # only the padded queries, over the kept keys
+    single = dict(options(block_index=0), block_type="single")  # single block 0 is plan layer 1 (all full)
+    p(func, q, k, v, HEADS, mask=mask, skip_reshape=True, transformer_options=single)
+    assert p.counts == {"sparse": 1, "dense": 1}
