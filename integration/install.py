@@ -14,21 +14,36 @@ WRAPPER_KEY = "sparse_vdit"
 log = logging.getLogger("sparse_vdit")
 
 
+def check_warmup(dense_warmup: float | None) -> None:
+    if dense_warmup is not None and dense_warmup > 1:
+        raise ValueError(f"dense_warmup is a fraction of the steps (0 to 1), got {dense_warmup}")
+
+
 def schedule_for(plan: Plan, dense_warmup: float | None) -> DenseSchedule:
     """The plan's dense steps, or a warm-up fraction the user chose (>= 0)."""
+    check_warmup(dense_warmup)
     if dense_warmup is None or dense_warmup < 0:
         return plan.dense
-    if dense_warmup > 1:
-        raise ValueError(f"dense_warmup is a fraction of the steps (0 to 1), got {dense_warmup}")
     return DenseSchedule(float(dense_warmup), plan.dense.sigma_above)
+
+
+def _model_name(model_patcher) -> str:
+    return type(getattr(getattr(model_patcher, "model", None), "diffusion_model", None)).__name__
 
 
 def require_model_info(model_patcher) -> ModelInfo:
     info = describe_model(model_patcher)
     if info is None:
-        name = type(getattr(getattr(model_patcher, "model", None), "diffusion_model", None)).__name__
-        raise PlanError(f"{name} is not a model Sparse-vDiT supports yet (supported: native Wan2.1 / Wan2.2)")
+        raise PlanError(f"{_model_name(model_patcher)} is not a model Sparse-vDiT supports yet "
+                        "(supported: native Wan2.1 / Wan2.2, HunyuanVideo T2V)")
     return info
+
+
+def _unsupported(model_patcher):
+    """A model the pack does not understand: an unpatched clone, one log line."""
+    log.warning("Sparse-vDiT: %s is not a model this pack supports yet; it runs dense, unpatched.",
+                _model_name(model_patcher))
+    return model_patcher.clone()
 
 
 def install_hook(model_patcher, hook: VideoAttentionHook):
@@ -59,11 +74,8 @@ def apply_auto(model_patcher, folder: str, dense_warmup: float | None = None, ba
 
     info = describe_model(model_patcher)
     if info is None:
-        name = type(getattr(getattr(model_patcher, "model", None), "diffusion_model", None)).__name__
-        log.warning("Sparse-vDiT: %s is not a model this pack supports yet; it runs dense, unpatched.", name)
-        return model_patcher.clone()
-    if dense_warmup is not None and dense_warmup > 1:
-        raise ValueError(f"dense_warmup is a fraction of the steps (0 to 1), got {dense_warmup}")
+        return _unsupported(model_patcher)
+    check_warmup(dense_warmup)
     fingerprint = weights_fingerprint(model_patcher.model.diffusion_model)
     hook = AutoPatch(info, folder, fingerprint, dense_warmup, backend)
     patched = install_hook(model_patcher, hook)
@@ -82,9 +94,7 @@ def apply_plan(model_patcher, plan: Plan, dense_warmup: float | None = None, bac
     """
     info = describe_model(model_patcher)
     if info is None:
-        name = type(getattr(getattr(model_patcher, "model", None), "diffusion_model", None)).__name__
-        log.warning("Sparse-vDiT: %s is not a model this pack supports yet; it runs dense, unpatched.", name)
-        return model_patcher.clone()
+        return _unsupported(model_patcher)
     plan.check_model(info.layers, info.heads, info.head_dim, what=f"the connected model ({info.family})")
     schedule = schedule_for(plan, dense_warmup)
     patched = install_hook(model_patcher, SparsePatch(plan, info, schedule, backend=backend))

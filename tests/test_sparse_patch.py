@@ -173,3 +173,21 @@ def test_masked_call_with_padded_text_is_served_on_the_kept_tokens():
     single = dict(options(block_index=0), block_type="single")  # single block 0 is plan layer 1 (all full)
     p(func, q, k, v, HEADS, mask=mask, skip_reshape=True, transformer_options=single)
     assert p.counts == {"sparse": 1, "dense": 1}
+
+
+def test_unknown_model_comes_back_unpatched_with_one_log_line(caplog):
+    from types import SimpleNamespace
+
+    from sparse_vdit.integration.install import apply_plan
+
+    class FakePatcher:
+        model = SimpleNamespace(diffusion_model=torch.nn.Linear(2, 2))
+        model_options = {"transformer_options": {}}
+
+        def clone(self):
+            return FakePatcher()
+    original = FakePatcher()
+    with caplog.at_level(logging.WARNING, logger="sparse_vdit"):
+        out = apply_plan(original, PLAN)
+    assert out is not original and "optimized_attention_override" not in out.model_options["transformer_options"]
+    assert [r.message for r in caplog.records if "not a model this pack supports" in r.message] != []
