@@ -16,7 +16,7 @@ import torch
 from .. import __version__
 from ..patterns import DEFAULT_BLOCK_M, Geometry
 from .candidates import Candidate, max_top_frames
-from .format import ModelShape
+from .format import ModelShape, PlanError
 from .scoring import THUMB_COLS, THUMB_ROWS, sampled_query_blocks, score_layer
 from .statistics import Statistics
 
@@ -91,17 +91,23 @@ class Calibrator:
         self._power[probe, layer] += scores.power
         self._calls[probe, layer] += 1
 
+    def _probes(self) -> int:
+        """Probes in use: fewer than asked when the run has fewer steps."""
+        return len(self.probe_steps) if self.probe_steps is not None else self.probe_count
+
     def missing(self) -> list[tuple[int, int]]:
         """(probe step, layer) pairs that were never recorded."""
         steps = self.probe_steps or list(range(self.probe_count))
-        return [(steps[p], l) for p, l in (self._calls == 0).nonzero().tolist()]
+        return [(steps[p], l) for p, l in (self._calls[: self._probes()] == 0).nonzero().tolist()]
 
     def statistics(self, cost: torch.Tensor, cost_source: str) -> Statistics:
         if self.geometry is None or self.missing():
-            raise RuntimeError(f"calibration saw no video self-attention for (step, layer) {self.missing()[:5]}...")
-        calls = self._calls.to(torch.float64)
+            raise PlanError(f"calibration saw no video self-attention call for (step, layer) {self.missing()[:5]}: "
+                            "did sampling run every step of the schedule on this model?")
+        n = self._probes()
+        calls = self._calls[:n].to(torch.float64)
         info = {"date": datetime.date.today().isoformat(), "software": f"sparse-vdit {__version__}",
                 "query_fraction": self.query_fraction, "warmup_fraction": self.warmup, **self.info}
-        return Statistics(self.model, self.geometry, self.candidates, self._sq_err / calls[:, :, None, None],
-                          self._power / calls, cost, self._stripe.clone(), self._frame_mass.clone(),
+        return Statistics(self.model, self.geometry, self.candidates, self._sq_err[:n] / calls[:, :, None, None],
+                          self._power[:n] / calls, cost, self._stripe.clone(), self._frame_mass.clone(),
                           self._thumbs.clone(), torch.tensor(self.probe_steps, dtype=torch.int64), cost_source, info)

@@ -111,3 +111,22 @@ def test_probe_steps_follow_the_warmup():
     assert select_probe_steps(20, 3, 0.2) == [4, 12, 19]
     assert select_probe_steps(4, 2, 0.25) == [1, 3]
     assert select_probe_steps(10, 1, 0.0) == [0]
+
+
+def test_fewer_steps_than_probes_still_gives_statistics():
+    calibrator = Calibrator(ModelShape("synthetic", 1, 2, 16), MENUS["standard"], probe_count=5, query_fraction=1.0,
+                            warmup=0.0)
+    assert calibrator.probe_index(0, 2) == 0 and calibrator.probe_steps == [0, 1]
+    geometry = Geometry(2, 4, 5)
+    assert calibrator.accepts(geometry)
+    for probe in range(2):
+        q, k, v = planted_layer(["diagonal", "uniform"], geometry, 16, seed=probe)
+        calibrator.record(probe, 0, *(x.view(1, geometry.seq_len, 2, 16) for x in (q, k, v)))
+    stats = calibrator.statistics(block_share_costs(calibrator.candidates, geometry), "block-count")
+    assert stats.sq_err.shape[0] == 2 and stats.probe_steps.tolist() == [0, 1]
+
+
+def test_missing_probes_are_a_clear_error():
+    calibrator = Calibrator(ModelShape("synthetic", 2, 2, 16), MENUS["standard"], probe_count=1)
+    with pytest.raises(PlanError, match="no video self-attention"):
+        calibrator.statistics(torch.ones(len(MENUS["standard"]) + 1), "block-count")
