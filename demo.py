@@ -101,11 +101,39 @@ def search_layer(q, k, v, geometry: Geometry, heads: int, device: torch.device, 
     return plan.layers[0], time.perf_counter() - start
 
 
+def load_yardstick_demo():
+    """yardstick/yardstick_demo.py (a plain folder beside the package), or None."""
+    import importlib.util
+    import os
+
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "yardstick", "yardstick_demo.py")
+    if not os.path.isfile(path):
+        return None
+    spec = importlib.util.spec_from_file_location("sparse_vdit_yardstick_demo", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(prog="python -m sparse_vdit demo", description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="auto", help="auto (GPU if there is one), cpu or cuda")
-    parser.add_argument("--grid", default=None, help="frames,rows,cols of the latent grid (default: 21,30,52 on GPU, 4,30,52 on CPU)")
+    parser.add_argument("--planted", action="store_true",
+                        help="the planted-shapes layer demo even where the trained yardstick could run")
+    parser.add_argument("--comfyui", default=None, help="a ComfyUI checkout for the yardstick demo (default $COMFYUI_PATH)")
+    parser.add_argument("--out", default=".", help="where the yardstick demo saves its image strip")
+    parser.add_argument("--grid", default=None, help="planted demo: frames,rows,cols (default: 21,30,52 on GPU, 4,30,52 on CPU)")
     parser.add_argument("--repeats", type=int, default=None)
     args = parser.parse_args(argv)
+    if not args.planted:
+        # Default: the trained yardstick model, dense against sparse from one
+        # seed. It needs ComfyUI's WanModel (never copied here), so without a
+        # checkout the planted-shapes demo runs instead.
+        yardstick = load_yardstick_demo()
+        ok, why = yardstick.available(args.comfyui) if yardstick else (False, "the yardstick folder is missing")
+        if ok:
+            yardstick.run_yardstick_demo(args.comfyui, args.device, args.out)
+            return
+        print(f"(trained yardstick demo unavailable: {why}; running the planted-shapes demo)")
     geometry = Geometry(*(int(x) for x in args.grid.split(","))) if args.grid else None
     run_demo(args.device, geometry, args.repeats)

@@ -1,0 +1,95 @@
+"""Pattern census of the trained yardstick: which sparse shape each head has.
+
+Runs one dense calibration through the pack's ComfyUI glue
+(``integration.calibrate.calibrate``) on the calibration prompts (20 euler
+steps, 3 probed steps, half of the query blocks, the "wide" candidate menu),
+then classifies every head by the method's own rule at lambda 0.5,
+epsilon 1 (its error power may reach 1% of its layer's output power):
+
+    near-zero       skip is the chosen candidate (the head's output is negligible)
+    diagonal / multi_diagonal / vertical_stripe   that mode is chosen
+    dense           every candidate fails (the head stays full)
+
+and records, per head, the best candidate of every mode and its normalised
+error (units of 1% of the layer's dense output power, worst probed step).
+Writes benchmarks/results/yardstick_census.json and .png, and keeps the
+statistics (for quality.py) in --work.
+
+    COMFYUI_PATH=/path/to/ComfyUI python yardstick/census.py [--work DIR]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+
+import torch
+
+import ys_common as common
+
+MODE_OF = {"skip": "near-zero", "diagonal": "diagonal", "multi_diagonal": "multi-diagonal",
+           "vertical_stripe": "stripe"}
+
+
+def census(stats, lam: float = 0.5, eps: float = 1.0) -> dict:
+    from sparse_vdit.plans.search import FULL, judge, normalised_errors, sparsity
+
+    err = normalised_errors(stats)
+    choice = judge(err, sparsity(stats), lam, eps)
+    heads = []
+    per_layer = []
+    for l in range(err.shape[0]):
+        counts = {}
+        for h in range(err.shape[1]):
+            c = int(choice[l, h])
+            kind = "dense" if c == FULL else MODE_OF[stats.candidates[c].mode]
+            counts[kind] = counts.get(kind, 0) + 1
+            best = {}
+            for i, cand in enumerate(stats.candidates):
+                m = MODE_OF[cand.mode]
+                if m not in best or float(err[l, h, i]) < best[m]["error"]:
+                    best[m] = {"candidate": cand.label, "error": round(float(err[l, h, i]), 4),
+                               "cost": round(float(stats.cost[i]), 4)}
+            heads.append({"layer": l, "head": h, "class": kind,
+                          "chosen": "full" if c == FULL else stats.candidates[c].label,
+                          "chosen_error": 0.0 if c == FULL else round(float(err[l, h, c]), 4),
+                          "stripe_frames": stats.stripe_frames[l, h].tolist(), "best_per_mode": best})
+        per_layer.append(counts)
+    totals = {}
+    for c in per_layer:
+        for k, v in c.items():
+            totals[k] = totals.get(k, 0) + v
+    return {"rule": {"lambda": lam, "epsilon": eps, "error_unit": "1% of the layer's dense output power"},
+            "totals": totals, "per_layer": per_layer, "heads": heads}
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--comfyui", default=None)
+    ap.add_argument("--work", default="/tmp/yardstick_work")
+    args = ap.parse_args()
+    patcher = common.setup(args.comfyui)
+    torch.manual_seed(0)
+    result = common.calibrate(patcher, args.work, name="yardstick")
+    stats = result.statistics
+    out = census(stats)
+    out.update(model="yardstick/wan_tiny_yardstick.safetensors", geometry=stats.geometry.to_dict(),
+               calibration={"prompts": list(common.CALIB_CLASSES), "steps": common.STEPS, "sampler": common.SAMPLER,
+                            "scheduler": common.SCHEDULER, "cfg": common.CFG, "probe_steps": stats.probe_steps.tolist(),
+                            "query_fraction": 0.5, "menu": "wide", "seconds": round(result.seconds, 1)},
+               candidates=[c.label for c in stats.candidates], cost_block_share=stats.cost.tolist())
+    os.makedirs(common.RESULTS, exist_ok=True)
+    with open(os.path.join(common.RESULTS, "yardstick_census.json"), "w") as f:
+        json.dump(out, f, indent=1)
+    from sparse_vdit.plans.preview import render_plan
+
+    image = render_plan(result.plan, stats, thumbs_per_mode=4)
+    image.save(os.path.join(common.RESULTS, "yardstick_census.png"))
+    print(json.dumps({"totals": out["totals"], "per_layer": out["per_layer"], "seconds": result.seconds}))
+    for h in out["heads"]:
+        print(h["layer"], h["head"], h["class"], h["chosen"], h["chosen_error"],
+              {m: (b["candidate"], b["error"]) for m, b in h["best_per_mode"].items()})
+
+
+if __name__ == "__main__":
+    main()

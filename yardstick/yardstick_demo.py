@@ -1,0 +1,118 @@
+"""Dense vs sparse on the trained yardstick, from the same seed.
+
+``run_yardstick_demo(...)`` imports ComfyUI from a checkout, loads the
+committed yardstick model through ComfyUI's own loader, calibrates a plan on
+a calibration prompt (one dense run through the pack's Calibrate glue),
+solves it for a target attention speedup, then generates a held-out prompt
+dense and sparse from the same seed (ComfyUI sampling), prints the times,
+the predicted attention speedup and PSNR / SSIM against dense (on the
+latents: there is no VAE), and saves a side-by-side image strip (latent
+channels 0-2 of every frame as RGB: dense row, sparse row, |difference| x4).
+
+Needs a ComfyUI checkout (``comfyui`` argument or $COMFYUI_PATH); on a
+machine without one, :func:`available` says why, and the caller should fall
+back to the planted-shapes demo.
+
+    COMFYUI_PATH=/path/to/ComfyUI python yardstick/yardstick_demo.py [--out DIR]
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+
+import torch
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+
+
+def available(comfyui: str | None = None) -> tuple[bool, str]:
+    """(True, path) when the yardstick demo can run, else (False, reason)."""
+    path = comfyui or os.environ.get("COMFYUI_PATH", "").strip()
+    if not os.path.isfile(os.path.join(HERE, "wan_tiny_yardstick.safetensors")):
+        return False, "the yardstick weights are missing"
+    if not path or not os.path.isfile(os.path.join(path, "comfy", "model_management.py")):
+        return False, "no ComfyUI checkout (set COMFYUI_PATH)"
+    return True, path
+
+
+def _strip(dense: torch.Tensor, sparse: torch.Tensor):
+    from PIL import Image
+
+    def rgb(x):  # [3, T, H, W] in about [-1, 1] -> uint8 [H, T*W, 3]
+        x = ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+        return x.permute(2, 1, 3, 0).reshape(x.shape[2], -1, 3)
+
+    d, s = dense[0, :3].float(), sparse[0, :3].float()
+    diff = ((s - d).abs() * 4 - 1)
+    rows = torch.cat([rgb(d), rgb(s), rgb(diff)], dim=0).numpy()
+    image = Image.fromarray(rows)
+    return image.resize((image.width * 4, image.height * 4), Image.NEAREST)
+
+
+def run_yardstick_demo(comfyui: str | None = None, device: str = "auto", out_dir: str = ".",
+                       steps: int | None = None, target_speedup: float = 1.5, seed: int = 3) -> dict:
+    ok, path = available(comfyui)
+    if not ok:
+        raise RuntimeError(path)
+    dev = "cuda" if device == "auto" and torch.cuda.is_available() else ("cpu" if device == "auto" else device)
+    import ys_model as ymodel
+
+    ymodel.import_comfy(path, cpu=dev == "cpu")
+    import ys_common as common
+    from sparse_vdit.integration.install import apply_plan
+    from sparse_vdit.plans.search import solve_plan
+
+    patcher = ymodel.load_patcher(dtype=torch.float32 if dev == "cpu" else torch.bfloat16)
+    steps = steps or (20 if dev != "cpu" else 12)
+
+    def timed(p):
+        if dev == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        out = common.generate(p, [4], seed=seed, steps=steps)
+        if dev == "cuda":
+            torch.cuda.synchronize()
+        return out, time.perf_counter() - start
+
+    with tempfile.TemporaryDirectory() as folder:
+        result = common.calibrate(patcher, folder, name="demo", classes=[0], seed=1, steps=steps, probe_steps=2,
+                                  query_fraction=0.25)
+    plan = solve_plan(result.statistics, target_speedup=target_speedup, name="yardstick demo", warmup=common.WARMUP)
+    backend = "reference" if dev == "cpu" else "auto"
+    sparse_model = apply_plan(patcher, plan, backend=backend)
+    if dev == "cuda":  # warm-up (kernel compilation) outside the timing
+        common.generate(sparse_model, [4], seed=seed, steps=2)
+        common.generate(patcher, [4], seed=seed, steps=2)
+    dense, t_dense = timed(patcher)
+    sparse, t_sparse = timed(sparse_model)
+    density = common.plan_density(plan)
+    report = {"device": torch.cuda.get_device_name() if dev == "cuda" else "cpu", "steps": steps,
+              "backend": backend, "density": density, "predicted_attention_speedup": 1 / density,
+              "dense_seconds": t_dense, "sparse_seconds": t_sparse, "end_to_end_speedup": t_dense / t_sparse,
+              "psnr_db": float(common.psnr(sparse, dense)[0]), "ssim": float(common.ssim(sparse, dense)[0]),
+              "calibration_seconds": result.seconds, "modes": plan.density_summary()}
+    os.makedirs(out_dir, exist_ok=True)
+    report["image"] = os.path.join(out_dir, "yardstick_demo_strip.png")
+    _strip(dense, sparse).save(report["image"])
+    print(f"yardstick (trained tiny Wan2.1, {steps} steps, {report['device']}, backend {backend})")
+    print(f"  plan: {report['modes']}, attention density {density:.3f} -> predicted attention speedup "
+          f"{1 / density:.2f}x (sparse steps)")
+    print(f"  dense {t_dense:.2f} s, sparse {t_sparse:.2f} s, end to end {report['end_to_end_speedup']:.2f}x"
+          + ("  (CPU reference path: correctness, not speed)" if dev == "cpu" else ""))
+    print(f"  PSNR {report['psnr_db']:.2f} dB, SSIM {report['ssim']:.4f} against dense (latents, no VAE)")
+    print(f"  image: {report['image']} (rows: dense, sparse, |difference| x4; latent channels 0-2 as RGB)")
+    return report
+
+
+if __name__ == "__main__":
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--comfyui", default=None)
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--out", default=".")
+    ap.add_argument("--steps", type=int, default=None)
+    a = ap.parse_args()
+    run_yardstick_demo(a.comfyui, a.device, a.out, a.steps)
