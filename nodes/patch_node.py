@@ -5,6 +5,8 @@ from comfy_api.latest import io
 
 from ..integration.auto_patch import AUTO
 from ..integration.install import apply_auto, apply_plan
+from ..integration.model_info import describe_model
+from ..plans.format import PlanError
 from ..integration.sparse_patch import BACKENDS
 from . import plan_files
 from .plan_files import load_named_plan, plan_names, register_plan_folder
@@ -43,4 +45,11 @@ class SparseVDiTPatch(io.ComfyNode):
         if plan == AUTO:
             register_plan_folder()
             return io.NodeOutput(apply_auto(model, plan_files.user_plans_dir(), dense_warmup, backend))
-        return io.NodeOutput(apply_plan(model, load_named_plan(plan), dense_warmup, backend))
+        chosen = load_named_plan(plan)
+        try:
+            return io.NodeOutput(apply_plan(model, chosen, dense_warmup, backend))
+        except PlanError as error:  # say which plans would fit, where that can be known
+            info = describe_model(model)
+            fitting = plan_files.plans_fitting(info.layers, info.heads, info.head_dim) if info else []
+            hint = f" Plans that fit it: {', '.join(fitting)}." if fitting else " No plan in the folders fits it: use 'auto' or calibrate."
+            raise PlanError(f"{error}.{hint}") from None

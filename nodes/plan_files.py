@@ -54,6 +54,20 @@ def load_named_plan(name: str) -> Plan:
     return load_plan(_full_path(FOLDER, name, "plan"))
 
 
+def plans_fitting(layers: int, heads: int, head_dim: int) -> list[str]:
+    """Names of the plans in the folders whose model shape fits; unreadable
+    files are left out (they say why when chosen)."""
+    fitting = []
+    for name in plan_names():
+        try:
+            model = load_named_plan(name).model
+        except PlanError:
+            continue
+        if (model.layers, model.heads, model.head_dim) == (layers, heads, head_dim):
+            fitting.append(name)
+    return fitting
+
+
 def load_named_statistics(name: str) -> Statistics:
     return load_statistics(_full_path(STATS_FOLDER, name, "statistics file"))
 

@@ -18,6 +18,7 @@ _DENSE_LAYERS_FIRST, _DENSE_LAYERS_LAST = 2, 1
 SHIPPED = {
     "wan2.1-1.3b_static-baseline.json": ("wan2.1 t2v 1.3b", 30, 12, 128),
     "wan2.1-14b_static-baseline.json": ("wan2.1/2.2 14b", 40, 40, 128),
+    "wan2.2-ti2v-5b_static-baseline.json": ("wan2.2 ti2v 5b", 30, 24, 128),
     "hunyuanvideo-t2v_static-baseline.json": ("hunyuan_video t2v", 60, 24, 128),  # 20 double + 40 single blocks
 }
 
