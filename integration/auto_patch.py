@@ -22,12 +22,13 @@ from ..patterns import Geometry
 from ..plans.calibrator import Calibrator
 from ..plans.candidates import MENUS
 from ..plans.cost import candidate_costs
-from ..plans.format import ModelShape, Plan, PlanError, load_plan, save_plan
+from ..plans.format import DenseSchedule, ModelShape, Plan, PlanError, load_plan, save_plan
 from ..plans.search import solve_plan
 from ..plans.statistics import save_statistics
 from .calibrate import STATS_SUFFIX
 from .calibration_hook import observe
 from .forward_info import ForwardInfo
+from .install import schedule_for
 from .model_info import ModelInfo
 from .sparse_patch import SparsePatch
 
@@ -61,7 +62,6 @@ class AutoPatch(SparsePatch):
     def __init__(self, model: ModelInfo, folder: str, fingerprint: str, dense_warmup: float | None = None,
                  backend: str = "auto", lam: float = 0.5, eps: float = 1.0, probe_steps: int = 3,
                  query_fraction: float = 0.1, menu: str = "standard", previous=None):
-        from ..plans.format import DenseSchedule
         super().__init__(None, model, DenseSchedule(), previous, backend)
         self.folder, self.fingerprint, self.dense_warmup = folder, fingerprint, dense_warmup
         self.search = dict(lam=lam, eps=eps, probe_steps=probe_steps, query_fraction=query_fraction, menu=menu)
@@ -93,7 +93,6 @@ class AutoPatch(SparsePatch):
     def handle(self, func, call: dict, layer: int, info: ForwardInfo, args, kwargs):
         plan = self.plan_for(info.geometry)
         if plan is not None:
-            from .install import schedule_for
             self.plan, self.schedule = plan, schedule_for(plan, self.dense_warmup)
             return super().handle(func, call, layer, info, args, kwargs)
         out = self.chain(func, args, kwargs, info)

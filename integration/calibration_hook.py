@@ -7,7 +7,7 @@ from ..kernels.dispatch import as_blhd
 from ..plans.calibrator import Calibrator
 from .forward_info import ForwardInfo
 from .model_info import ModelInfo
-from .video_hook import VideoAttentionHook
+from .video_hook import VideoAttentionHook, call_layout
 
 
 def observe(hook: VideoAttentionHook, calibrator: Calibrator, call: dict, layer: int, info: ForwardInfo) -> None:
@@ -20,8 +20,7 @@ def observe(hook: VideoAttentionHook, calibrator: Calibrator, call: dict, layer:
     if not calibrator.accepts(geometry):
         hook.log_once("geometry", "calibration keeps the first latent grid; %s is not scored.", geometry.describe())
         return
-    layout = "bhld" if call.get("skip_reshape") else "flat"
-    heads = int(call["heads"])
+    layout, heads = call_layout(call), int(call["heads"])
     calibrator.record(probe, layer, *(as_blhd(x, layout, heads) for x in qkv), geometry=geometry)
     hook.count("scored")
 

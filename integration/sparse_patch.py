@@ -18,7 +18,7 @@ from ..patterns.layer import compile_layer
 from ..plans.format import DenseSchedule, Plan
 from .forward_info import ForwardInfo
 from .model_info import ModelInfo
-from .video_hook import VideoAttentionHook
+from .video_hook import VideoAttentionHook, call_layout
 
 # auto: the Triton kernel where it can serve the call, dense elsewhere.
 # reference: the torch reference path everywhere (exact, slow: for checking).
@@ -41,17 +41,13 @@ class SparsePatch(VideoAttentionHook):
             self.log_once("warmup", "dense warm-up: the first %.0f%% of steps run dense.", 100 * self.schedule.warmup_fraction)
             return False
         q = call["q"]
-        if self.backend == "auto" and not triton_backend.can_serve(as_blhd(q, self.layout(call), int(call["heads"]))):
+        if self.backend == "auto" and not triton_backend.can_serve(as_blhd(q, call_layout(call), int(call["heads"]))):
             # No fast kernel here (CPU, no Triton, odd head size): the reference
             # path would be slower than dense, so dense it is.
             self.log_once(f"no-kernel:{q.device.type}:{q.shape[-1]}:{q.dtype}", "no sparse kernel for %s %s q of %s; running dense.",
                           q.device.type, str(q.dtype).replace("torch.", ""), tuple(q.shape))
             return False
         return True
-
-    @staticmethod
-    def layout(call: dict) -> str:
-        return "bhld" if call.get("skip_reshape") else "flat"
 
     def handle(self, func, call: dict, layer: int, info: ForwardInfo, args, kwargs):
         if not self.serves(call, layer, info):
@@ -69,7 +65,7 @@ class SparsePatch(VideoAttentionHook):
 
     def _sparse(self, func, call: dict, index: int, info: ForwardInfo, kwargs: dict):
         geometry, (q, k, v) = self.kept_tokens(call)
-        heads, layout = int(call["heads"]), self.layout(call)
+        heads, layout = int(call["heads"]), call_layout(call)
         out_layout = "bhld" if call.get("skip_output_reshape") else "flat"
         compiled = compile_layer(self.plan.layers[index], geometry, str(q.device))
         if "serving" not in self._logged:

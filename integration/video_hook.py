@@ -29,6 +29,11 @@ ARG_NAMES = ("q", "k", "v", "heads", "mask", "attn_precision", "skip_reshape", "
 log = logging.getLogger("sparse_vdit")
 
 
+def call_layout(call: dict) -> str:
+    """ComfyUI's layout of a call's q/k/v: [B, H, L, D] under skip_reshape, else [B, L, H*D]."""
+    return "bhld" if call.get("skip_reshape") else "flat"
+
+
 def _find_transformer_options(args, kwargs) -> dict | None:
     options = kwargs.get("transformer_options")
     if isinstance(options, dict):
