@@ -48,6 +48,16 @@ def describe_diffusion_model(diffusion_model) -> ModelInfo | None:
         return ModelInfo("hunyuan_video", len(double) + len(single), int(heads), int(hidden) // int(heads),
                          tuple(int(p) for p in patch), double_layers=len(double), text_after_video=True,
                          pads_to_patch=False)
+    if _is(diffusion_model, "LTXVModel") and not name.startswith("LTXAV"):
+        # LTXV: patch size 1, tokens in (frame, row, col) order, no block_index
+        # (layers are counted), head_dim 64 at the real size.
+        blocks = getattr(diffusion_model, "transformer_blocks", None)
+        attn = getattr(blocks[0], "attn1", None) if blocks else None
+        heads = getattr(attn, "heads", None)
+        inner = getattr(diffusion_model, "inner_dim", None)
+        if not heads or not inner:
+            return None
+        return ModelInfo("ltxv", len(blocks), int(heads), int(inner) // int(heads), (1, 1, 1), pads_to_patch=False)
     # Every native Wan variant (T2V, I2V, FLF, Fun, VACE, Camera, Phantom...)
     # subclasses WanModel and keeps .blocks / .num_heads / .dim / .patch_size.
     if name.endswith("WanModel") or any(c.__name__ == "WanModel" for c in type(diffusion_model).__mro__):

@@ -35,10 +35,12 @@ def call_layout(call: dict) -> str:
 
 
 def _find_transformer_options(args, kwargs) -> dict | None:
+    """The forward's transformer_options: a keyword, or the last dict among
+    the positional arguments (Wan puts it last, LTXV before keyframe_idxs)."""
     options = kwargs.get("transformer_options")
     if isinstance(options, dict):
         return options
-    return args[-1] if args and isinstance(args[-1], dict) else None
+    return next((a for a in reversed(args) if isinstance(a, dict)), None)
 
 
 class VideoAttentionHook:
