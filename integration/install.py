@@ -58,9 +58,10 @@ def install_hook(model_patcher, hook: VideoAttentionHook):
     hook.previous = previous
     patched = model_patcher.clone()
     options = patched.model_options.setdefault("transformer_options", {})
-    for kind in (extension.WrappersMP.DIFFUSION_MODEL, extension.WrappersMP.OUTER_SAMPLE):
+    for kind in (extension.WrappersMP.DIFFUSION_MODEL, extension.WrappersMP.APPLY_MODEL, extension.WrappersMP.OUTER_SAMPLE):
         patched.remove_wrappers_with_key(kind, WRAPPER_KEY)
-    patched.add_wrapper_with_key(extension.WrappersMP.DIFFUSION_MODEL, WRAPPER_KEY, hook.wrap_forward)
+    forward = extension.WrappersMP.APPLY_MODEL if hook.model.wrapper == "apply_model" else extension.WrappersMP.DIFFUSION_MODEL
+    patched.add_wrapper_with_key(forward, WRAPPER_KEY, hook.wrap_forward)
     options[OVERRIDE_KEY] = hook
     return patched
 

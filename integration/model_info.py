@@ -22,6 +22,9 @@ class ModelInfo:
     # Wan pads the latent up to the patch size; HunyuanVideo's patch
     # embedding floors.
     pads_to_patch: bool = True
+    # Where the latent grid is read: the diffusion model's own wrapper, or
+    # ComfyUI's apply_model wrapper for models that have none (Mochi).
+    wrapper: str = "diffusion_model"
 
     def describe(self) -> str:
         return f"{self.family}: {self.layers} layers x {self.heads} heads x head_dim {self.head_dim}"
@@ -48,6 +51,15 @@ def describe_diffusion_model(diffusion_model) -> ModelInfo | None:
         return ModelInfo("hunyuan_video", len(double) + len(single), int(heads), int(hidden) // int(heads),
                          tuple(int(p) for p in patch), double_layers=len(double), text_after_video=True,
                          pads_to_patch=False)
+    if _is(diffusion_model, "AsymmDiTJoint"):
+        # Mochi: joint [video, text] attention, [B, H, L, D], text cropped to
+        # its length (no mask), no block_index, no diffusion-model wrapper.
+        blocks, heads, hidden = (getattr(diffusion_model, a, None) for a in ("blocks", "num_heads", "hidden_size_x"))
+        patch = getattr(diffusion_model, "patch_size", None)
+        if blocks is None or not heads or not hidden or not patch:
+            return None
+        return ModelInfo("mochi", len(blocks), int(heads), int(hidden) // int(heads), (1, int(patch), int(patch)),
+                         text_after_video=True, pads_to_patch=False, wrapper="apply_model")
     if _is(diffusion_model, "LTXVModel") and not name.startswith("LTXAV"):
         # LTXV: patch size 1, tokens in (frame, row, col) order, no block_index
         # (layers are counted), head_dim 64 at the real size.
