@@ -96,3 +96,24 @@ def test_vace_extra_self_attention_uses_its_block_pattern(comfy):
     out, expected, hook, state = run_both(model, positive, negative, geometry, by_block_index=True)
     assert state["n"] == LAYERS + 1 and hook.counts.get("sparse") == LAYERS + 1, hook.counts  # the VACE call too
     assert H.rel_diff(out, expected) < 1e-4
+
+
+@pytest.mark.parametrize("config_class,extra,channels", [
+    ("WAN21_I2V", {"model_type": "i2v", "in_dim": 36}, 16),          # image latent concatenated as channels
+    ("WAN22_T2V", {"in_dim": 48, "out_dim": 48}, 48),                # Wan2.2 TI2V 5B layout: 48-channel latent
+], ids=["wan2.1-i2v", "wan2.2-ti2v"])
+def test_other_wan_models_follow_the_plan(comfy, config_class, extra, channels):
+    from sparse_vdit.patterns import Geometry
+
+    model = H.tiny_wan_model(seed=0, config_class=config_class, extra_config=extra)
+    positive, negative = H.make_conds(model, seed=1)
+    latent = torch.zeros(1, channels, T, 2 * R, 2 * C)
+    from sparse_vdit.integration.install import apply_plan
+
+    override, state = oracle_override(Geometry(T, R, C), by_block_index=False)
+    expected = H.sample(H.install_attention_override(model, override), positive, negative, latent, seed=5, steps=1)
+    patched = apply_plan(model, mixed_plan(), backend="reference")
+    out = H.sample(patched, positive, negative, latent, seed=5, steps=1)
+    hook = patched.model_options["transformer_options"]["optimized_attention_override"]
+    assert state["n"] == LAYERS and hook.counts.get("sparse") == LAYERS, hook.counts
+    assert H.rel_diff(out, expected) < 1e-4
