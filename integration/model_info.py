@@ -60,6 +60,15 @@ def describe_diffusion_model(diffusion_model) -> ModelInfo | None:
             return None
         return ModelInfo("mochi", len(blocks), int(heads), int(hidden) // int(heads), (1, int(patch), int(patch)),
                          text_after_video=True, pads_to_patch=False, wrapper="apply_model")
+    if _is(diffusion_model, "MiniTrainDIT"):
+        # Cosmos Predict2: [B, H, L, D] self-attention over (t, h, w) tokens,
+        # no block_index (layers are counted).
+        blocks, heads, channels = (getattr(diffusion_model, a, None) for a in ("blocks", "num_heads", "model_channels"))
+        pt, ps = getattr(diffusion_model, "patch_temporal", None), getattr(diffusion_model, "patch_spatial", None)
+        if blocks is None or not heads or not channels or not pt or not ps:
+            return None
+        return ModelInfo("cosmos_predict2", len(blocks), int(heads), int(channels) // int(heads),
+                         (int(pt), int(ps), int(ps)), pads_to_patch=False)
     if _is(diffusion_model, "LTXVModel") and not name.startswith("LTXAV"):
         # LTXV: patch size 1, tokens in (frame, row, col) order, no block_index
         # (layers are counted), head_dim 64 at the real size.
