@@ -52,7 +52,6 @@ table.computed_pairs()).
 """
 from __future__ import annotations
 
-import math
 import os
 from typing import Optional
 

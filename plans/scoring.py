@@ -19,7 +19,7 @@ from typing import Sequence
 
 import torch
 
-from ..patterns import Geometry, Pattern, VerticalStripe, pattern_block_mask
+from ..patterns import Geometry, Pattern, pattern_block_mask
 from ..patterns.tables import DEFAULT_BLOCK_M, DEFAULT_BLOCK_N
 from .candidates import Candidate, max_top_frames
 

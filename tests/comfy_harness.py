@@ -24,7 +24,6 @@ A 3-step cfg sample takes well under a second on 2 CPU cores.
 
 from __future__ import annotations
 
-import copy
 import importlib.machinery
 import logging
 import math
@@ -349,6 +348,27 @@ def init_weights(module: torch.nn.Module, seed: int = 0, gain: float = 1.0, qk_s
         p.copy_(val.to(p.dtype))
 
 
+def tiny_model(config_class: str, unet_config: dict, seed: int = 0, dtype: torch.dtype = torch.float32,
+               gain: float = 1.0, qk_scale: float = 2.0):
+    """Any model ComfyUI supports, tiny, in a ModelPatcher on CPU: built like
+    ComfyUI's loader does (``supported_models.<config_class>(unet_config)``,
+    ``set_inference_dtype``, ``get_model``), weights from :func:`init_weights`."""
+    ns = _ns()
+    model_config = getattr(ns.supported_models, config_class)(unet_config)
+    model_config.set_inference_dtype(dtype, None)
+    logger = logging.getLogger()
+    level = logger.level
+    logger.setLevel(max(level, logging.WARNING))  # model_base logs at INFO
+    try:
+        model = model_config.get_model({}, device=ns.cpu)
+    finally:
+        logger.setLevel(level)
+    init_weights(model.diffusion_model, seed=seed, gain=gain, qk_scale=qk_scale)
+    model.diffusion_model.to(dtype=dtype)
+    model.eval()
+    return ns.model_patcher.ModelPatcher(model, load_device=ns.cpu, offload_device=ns.cpu)
+
+
 def tiny_wan_model(
     seed: int = 0,
     num_layers: int = 2,
@@ -376,24 +396,12 @@ def tiny_wan_model(
     4 heads x 16, 2 layers, ffn 128, text_dim 32. The returned patcher's
     ``model.diffusion_model`` is ``comfy.ldm.wan.model.WanModel``.
     """
-    ns = _ns()
     cfg = wan_unet_config(num_layers, num_heads, head_dim, ffn_mult, text_dim, text_len)
     cfg.update(extra_config or {})
-    model_config = getattr(ns.supported_models, config_class)(cfg)
-    model_config.set_inference_dtype(dtype, None)
-    logger = logging.getLogger()
-    level = logger.level
-    logger.setLevel(max(level, logging.WARNING))  # model_base logs at INFO
-    try:
-        model = model_config.get_model({}, device=ns.cpu)
-    finally:
-        logger.setLevel(level)
-    init_weights(model.diffusion_model, seed=seed, gain=gain, qk_scale=qk_scale)
-    model.diffusion_model.to(dtype=dtype)
+    patcher = tiny_model(config_class, cfg, seed=seed, dtype=dtype, gain=gain, qk_scale=qk_scale)
     # the patch embedding is kept in fp32 by Wan itself
-    model.diffusion_model.patch_embedding.to(torch.float32)
-    model.eval()
-    return ns.model_patcher.ModelPatcher(model, load_device=ns.cpu, offload_device=ns.cpu)
+    patcher.model.diffusion_model.patch_embedding.to(torch.float32)
+    return patcher
 
 
 def model_text_dim(model_patcher) -> int:

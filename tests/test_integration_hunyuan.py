@@ -9,6 +9,7 @@ import torch
 
 import comfy_harness as H
 from oracle import layer_oracle, masked_attention64
+from plan_oracle import mixed_plan
 
 pytestmark = pytest.mark.comfyui
 
@@ -26,13 +27,7 @@ def tiny_hunyuan(comfy):
               "qkv_bias": True, "guidance_embed": True, "byt5": False, "meanflow": False,
               "use_cond_type_embedding": False, "vision_in_dim": None, "meanflow_sum": False}
     fields = {f.name for f in dataclasses.fields(hv.HunyuanVideoParams)}
-    config = {"image_model": "hunyuan_video", **{k: v for k, v in wanted.items() if k in fields}}
-    model_config = comfy.supported_models.HunyuanVideo(config)
-    model_config.set_inference_dtype(torch.float32, None)
-    model = model_config.get_model({}, device=comfy.cpu)
-    H.init_weights(model.diffusion_model, seed=0)
-    model.eval()
-    return comfy.model_patcher.ModelPatcher(model, load_device=comfy.cpu, offload_device=comfy.cpu)
+    return H.tiny_model("HunyuanVideo", {"image_model": "hunyuan_video", **{k: v for k, v in wanted.items() if k in fields}})
 
 
 def conds():
@@ -46,12 +41,7 @@ def conds():
 
 
 def plan():
-    from sparse_vdit.patterns import Diagonal, Full, LayerPattern, MultiDiagonal, Skip, VerticalStripe
-    from sparse_vdit.plans.format import DenseSchedule, ModelShape, Plan
-
-    return Plan("hv mixed", ModelShape("hunyuan_video", DOUBLE + SINGLE, HEADS, HEAD_DIM),
-                (LayerPattern((Diagonal(0), Full(), VerticalStripe((0,)), Skip())),
-                 LayerPattern((MultiDiagonal(0, frames=1), Diagonal(1), Full(), MultiDiagonal(1)))), DenseSchedule(0.0))
+    return mixed_plan("hunyuan_video")
 
 
 def oracle_override(has_block_index: bool):

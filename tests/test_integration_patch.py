@@ -7,22 +7,18 @@ import torch
 
 import comfy_harness as H
 from oracle import layer_oracle, rel_err
+from plan_oracle import HEAD_DIM, HEADS, LAYERS, mixed_plan
 
 pytestmark = pytest.mark.comfyui
 
 GRID = H.DEFAULT_GRID  # 4 x 10 x 11 = 440 tokens per frame-batch
-LAYERS, HEADS, HEAD_DIM = 2, 4, 16
-
-
 def plans():
-    from sparse_vdit.patterns import Diagonal, Full, LayerPattern, MultiDiagonal, Skip, VerticalStripe
+    from sparse_vdit.patterns import Full, LayerPattern
     from sparse_vdit.plans.format import DenseSchedule, ModelShape, Plan
 
     shape = ModelShape("wan2.1 tiny", LAYERS, HEADS, HEAD_DIM)
-    mixed = (LayerPattern((Diagonal(0), Full(), VerticalStripe((0,)), Skip())),
-             LayerPattern((MultiDiagonal(0, frames=1), Diagonal(1), Full(), MultiDiagonal(1))))
     return {
-        "mixed": Plan("mixed", shape, mixed, DenseSchedule(0.0), {"kind": "static-baseline"}),
+        "mixed": mixed_plan("wan2.1 tiny"),
         "full": Plan("full", shape, (LayerPattern((Full(),) * HEADS),) * LAYERS, DenseSchedule(0.0), {"kind": "static-baseline"}),
         "wrong": Plan("wrong", ModelShape("wan2.1 1.3b", 30, 12, 128), (LayerPattern((Full(),) * 12),) * 30),
     }

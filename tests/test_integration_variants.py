@@ -6,48 +6,18 @@ import pytest
 import torch
 
 import comfy_harness as H
-from oracle import layer_oracle
+from plan_oracle import LAYERS, mixed_plan, oracle_override, patched_and_oracle
 
 pytestmark = pytest.mark.comfyui
 
-LAYERS, HEADS, HEAD_DIM = 2, 4, 16
 T, R, C = H.DEFAULT_GRID
 
 
-def mixed_plan():
-    from sparse_vdit.patterns import Diagonal, Full, LayerPattern, MultiDiagonal, Skip, VerticalStripe
-    from sparse_vdit.plans.format import DenseSchedule, ModelShape, Plan
-
-    return Plan("mixed", ModelShape("wan", LAYERS, HEADS, HEAD_DIM),
-                (LayerPattern((Diagonal(0), Full(), VerticalStripe((0,)), Skip())),
-                 LayerPattern((MultiDiagonal(0, frames=1), Diagonal(1), Full(), MultiDiagonal(1)))), DenseSchedule(0.0))
-
-
-def oracle_override(geometry, by_block_index: bool):
-    """Self-attention as the float64 oracle of the plan; the layer from
-    block_index, or from the call number when there is none."""
-    plan, state = mixed_plan(), {"n": 0, "calls": 0}
-
-    def override(func, *args, **kwargs):
-        q, k, v = args[:3]
-        if q.shape[1] == k.shape[1] == geometry.seq_len:
-            index = kwargs["transformer_options"]["block_index"] if by_block_index else state["n"] % LAYERS
-            state["n"] += 1
-            shape = (q.shape[0], geometry.seq_len, HEADS, HEAD_DIM)
-            out = layer_oracle(q.view(shape), k.view(shape), v.view(shape), plan.layers[index], geometry, 128, 64)
-            return out.to(q.dtype).reshape(q.shape)
-        return func(*args, **kwargs)
-    return override, state
-
-
-def run_both(model, positive, negative, geometry, by_block_index=False, steps=1):
-    from sparse_vdit.integration.install import apply_plan
-
-    override, state = oracle_override(geometry, by_block_index)
-    expected = H.sample(H.install_attention_override(model, override), positive, negative, seed=5, steps=steps)
-    patched = apply_plan(model, mixed_plan(), backend="reference")
-    out = H.sample(patched, positive, negative, seed=5, steps=steps)
-    hook = patched.model_options["transformer_options"]["optimized_attention_override"]
+def run_both(model, positive, negative, geometry, by_block_index=False, latent=None):
+    """(patched, oracle, hook, state) for the mixed plan, one step."""
+    plan = mixed_plan()
+    override, state = oracle_override(plan, lambda n: geometry if n == geometry.seq_len else None, by_block_index)
+    out, expected, hook = patched_and_oracle(model, positive, negative, plan, override, latent)
     return out, expected, hook, state
 
 
@@ -108,12 +78,6 @@ def test_other_wan_models_follow_the_plan(comfy, config_class, extra, channels):
     model = H.tiny_wan_model(seed=0, config_class=config_class, extra_config=extra)
     positive, negative = H.make_conds(model, seed=1)
     latent = torch.zeros(1, channels, T, 2 * R, 2 * C)
-    from sparse_vdit.integration.install import apply_plan
-
-    override, state = oracle_override(Geometry(T, R, C), by_block_index=False)
-    expected = H.sample(H.install_attention_override(model, override), positive, negative, latent, seed=5, steps=1)
-    patched = apply_plan(model, mixed_plan(), backend="reference")
-    out = H.sample(patched, positive, negative, latent, seed=5, steps=1)
-    hook = patched.model_options["transformer_options"]["optimized_attention_override"]
+    out, expected, hook, state = run_both(model, positive, negative, Geometry(T, R, C), latent=latent)
     assert state["n"] == LAYERS and hook.counts.get("sparse") == LAYERS, hook.counts
     assert H.rel_diff(out, expected) < 1e-4

@@ -11,7 +11,6 @@ in-process on CUDA in bf16/fp16 at realistic sizes, marked `gpu`.
 from __future__ import annotations
 
 import json
-import math
 import os
 import subprocess
 import sys
