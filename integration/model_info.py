@@ -69,6 +69,20 @@ def describe_diffusion_model(diffusion_model) -> ModelInfo | None:
             return None
         return ModelInfo("cosmos_predict2", len(blocks), int(heads), int(channels) // int(heads),
                          (int(pt), int(ps), int(ps)), pads_to_patch=False)
+    if _is(diffusion_model, "GeneralDIT"):
+        # Cosmos 1: [B, H, L, D] self-attention over (t, h, w) tokens (latent
+        # divisible by the patch, no extra tokens), no block_index: layers are
+        # the full-attention sub-blocks, counted in call order.
+        blocks, heads, channels = (getattr(diffusion_model, a, None) for a in ("blocks", "num_heads", "model_channels"))
+        pt, ps = getattr(diffusion_model, "patch_temporal", None), getattr(diffusion_model, "patch_spatial", None)
+        if blocks is None or not heads or not channels or not pt or not ps:
+            return None
+        layers = sum(getattr(sub, "block_type", None) in ("fa", "full_attn")
+                     for block in blocks.values() for sub in getattr(block, "blocks", ()))
+        if not layers:
+            return None
+        return ModelInfo("cosmos1", layers, int(heads), int(channels) // int(heads), (int(pt), int(ps), int(ps)),
+                         pads_to_patch=False)
     if _is(diffusion_model, "LTXVModel") and not name.startswith("LTXAV"):
         # LTXV: patch size 1, tokens in (frame, row, col) order, no block_index
         # (layers are counted), head_dim 64 at the real size.

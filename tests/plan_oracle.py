@@ -42,8 +42,10 @@ def oracle_override(plan, geometry_for, by_block_index: bool = False, double_lay
             index = state["n"] % len(plan.layers)
         state["n"] += 1
         q4, k4, v4 = (x.transpose(1, 2) if bhld else x.view(x.shape[0], q_len, heads, -1) for x in (q, k, v))
-        out = layer_oracle(q4, k4, v4, plan.layers[index], geometry, 128, 64)
-        return out.to(q.dtype).reshape(q4.shape[0], q_len, -1)  # [B, L, H*D]: every model here asks for it
+        out = layer_oracle(q4, k4, v4, plan.layers[index], geometry, 128, 64).to(q.dtype)
+        if kwargs.get("skip_output_reshape"):
+            return out.transpose(1, 2)  # [B, H, L, D], as Cosmos 1 asks
+        return out.reshape(q4.shape[0], q_len, -1)  # [B, L, H*D]
     return override, state
 
 
