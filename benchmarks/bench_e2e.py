@@ -103,6 +103,48 @@ def sol_override(kitchen, tau: float, tokens: int):
     return override
 
 
+def flex_patch_class():
+    """SparsePatch with FlexAttention serving the sparse heads: the same plan,
+    tables and routing (full heads on cuDNN, skipped heads zero), another kernel."""
+    from flex_tables import FlexTableAttention
+
+    from sparse_vdit.integration.sparse_patch import SparsePatch
+    from sparse_vdit.integration.video_hook import call_layout
+    from sparse_vdit.kernels.dispatch import as_blhd
+    from sparse_vdit.patterns import compile_layer
+
+    class FlexPatch(SparsePatch):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.flex = {}  # one BlockMask per distinct compiled layer
+
+        def _sparse(self, func, call, index, info, kwargs):
+            geometry, qkv = self.kept_tokens(call)
+            heads = int(call["heads"])
+            q4, k4, v4 = (as_blhd(x, call_layout(call), heads) for x in qkv)
+            if call.get("skip_output_reshape") or geometry.seq_len != call["geometry"].seq_len:
+                raise NotImplementedError("benchmark FlexPatch serves Wan's flat layout only")
+            compiled = compile_layer(self.plan.layers[index], geometry, str(q4.device))
+            batch, seq_len, _, head_dim = q4.shape
+            out = torch.empty(batch, seq_len, heads * head_dim, dtype=q4.dtype, device=q4.device)
+            out4 = out.view(batch, seq_len, heads, head_dim)
+            out4[:, :, list(compiled.skip_heads)] = 0
+            dense = self.dense_heads_fn(func, kwargs, info)
+            for group, kernel in ((compiled.full_heads, dense), (compiled.sparse_heads, None)):
+                if not group:
+                    continue
+                if kernel is None:
+                    key = id(compiled.table)
+                    if key not in self.flex:
+                        self.flex[key] = FlexTableAttention(compiled.table, q4.device)
+                    kernel = self.flex[key]
+                sel = list(group)
+                out4[:, :, sel] = kernel(*(x[:, :, sel].transpose(1, 2) for x in (q4, k4, v4))).transpose(1, 2)
+            return out
+
+    return FlexPatch
+
+
 def step_options(override=None, wrapper=None) -> dict:
     options = {"sigmas": torch.tensor([0.5, 0.5]), "sample_sigmas": torch.linspace(1, 0, STEPS + 1)}
     if override is not None:
@@ -132,7 +174,9 @@ def time_step(model, inputs, make_options, repeats: int, device) -> tuple[float,
 
 
 def run_e2e(name: str, config: dict, wan, attention, ops, kitchen, device, dtype, repeats: int,
-            densities=DENSITIES, rows: dict | None = None, save=lambda: None) -> dict:
+            densities=DENSITIES, rows: dict | None = None, save=lambda: None, only: tuple[str, ...] = ()) -> dict:
+    """only: run just the rows whose label starts with one of these (the
+    cuDNN baseline always runs: every ratio is against it, same run)."""
     from mixes import mixed_plan
 
     from sparse_vdit.integration.model_info import describe_diffusion_model
@@ -152,6 +196,8 @@ def run_e2e(name: str, config: dict, wan, attention, ops, kitchen, device, dtype
     rows = {} if rows is None else rows
 
     def record(label, make_options, **extra):
+        if only and label != "cudnn-sdpa" and not label.startswith(only):
+            return
         ms, peak = time_step(model, inputs, make_options, repeats, device)
         rows[label] = {"step_ms": ms, "peak_gb": peak, **extra}
         print(f"  {name} {label:<26} {ms:10.1f} ms  peak {peak:6.2f} GB", flush=True)
@@ -176,7 +222,15 @@ def run_e2e(name: str, config: dict, wan, attention, ops, kitchen, device, dtype
                             backend=backend)
         density = sum(compile_layer(layer, geometry).density() for layer in plan.layers) / len(plan.layers)
         record(label, lambda: step_options(patch, patch.wrap_forward), plan_name=plan.name, density=density)
-        rows[label]["calls"] = dict(patch.counts)
+        if label in rows:
+            rows[label]["calls"] = dict(patch.counts)
+        if device.type == "cuda" and label.startswith("sparse"):  # the same plan on FlexAttention
+            flex = flex_patch_class()(plan, info, DenseSchedule(0.0), previous=cudnn_override, backend="triton")
+            record("flex " + label[len("sparse "):], lambda: step_options(flex, flex.wrap_forward),
+                   plan_name=plan.name, density=density)
+            if "flex " + label[len("sparse "):] in rows:
+                rows["flex " + label[len("sparse "):]].update(calls=dict(flex.counts), note=next(
+                    (f.note for f in flex.flex.values()), None))
     if kitchen is not None:
         record("sol-attn tau=1.3", lambda: step_options(sol_override(kitchen, 1.3, geometry.seq_len)))
 
@@ -280,6 +334,7 @@ def main():
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--densities", default=",".join(str(d) for d in DENSITIES))
     parser.add_argument("--parts", default="e2e,attention", help="e2e and/or attention")
+    parser.add_argument("--rows", default="", help="comma-separated label prefixes to run (cuDNN always runs)")
     parser.add_argument("--smoke", action="store_true")
     args = parser.parse_args()
     device = torch.device("cpu" if args.smoke else "cuda")
@@ -320,7 +375,8 @@ def main():
         if "e2e" in parts:
             print(f"== {name}: end to end, B=2", flush=True)
             entry.update(run_e2e(name, config, wan, attention, ops, kitchen, device, dtype,
-                                 1 if args.smoke else args.repeats, densities, entry["rows"], save))
+                                 1 if args.smoke else args.repeats, densities, entry["rows"], save,
+                                 tuple(r for r in args.rows.split(",") if r)))
         frames, height, width = config["latent"]
         geometry = Geometry(frames, height // 2, width // 2)
         if "attention" in parts:

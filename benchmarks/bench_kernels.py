@@ -47,6 +47,7 @@ from sparse_vdit.kernels import triton_sparse as ts  # noqa: E402
 from sparse_vdit.patterns import (Diagonal, Geometry, LayerPattern, MultiDiagonal,  # noqa: E402
                                   VerticalStripe, compile_layer)
 from sparse_vdit.patterns.tables import BlockTable  # noqa: E402
+from flex_tables import FlexTableAttention  # noqa: E402
 
 SHAPES = {
     "wan1.3b-480p": dict(heads=12, geometry=Geometry(21, 30, 52)),
@@ -149,57 +150,18 @@ def table_allowed_fn(table: BlockTable, device="cuda"):
 
 
 # --------------------------------------------------------------------------
-_FLEX = {}
-
-
 def flex_runner(table: BlockTable, q4, k4, v4, scale, compiled: bool = True):
-    """FlexAttention with the same tables: every listed block is a 'full'
-    block (the table's semantics: all real tokens of a listed block), the
-    mask_mod is the exact table lookup so the BlockMask means the same thing.
-    Returns (fn, out, note)."""
-    from torch.nn.attention.flex_attention import BlockMask, flex_attention
-    if "fn" not in _FLEX and compiled:
-        torch._dynamo.config.cache_size_limit = 256
-        if hasattr(torch._dynamo.config, "recompile_limit"):
-            torch._dynamo.config.recompile_limit = 256
-        _FLEX["fn"] = torch.compile(flex_attention, dynamic=False)
-    flex = _FLEX["fn"] if compiled else flex_attention
-    dev = q4.device
-    heads = len(table.heads)
-    nq, nk = table.n_q_blocks, table.n_k_blocks
-    offsets = table.kv_offsets.to(torch.int64)
-    counts = (offsets[1:] - offsets[:-1]).view(1, heads, nq).to(torch.int32)
-    # Dense padded [1, h, nq, nk] index array (FlexAttention's layout).
-    pos = torch.arange(table.kv_indices.numel(), device=dev) - torch.repeat_interleave(offsets[:-1], offsets[1:] - offsets[:-1])
-    row_of = torch.repeat_interleave(torch.arange(heads * nq, device=dev), offsets[1:] - offsets[:-1])
-    idx = torch.zeros(heads * nq, nk, dtype=torch.int32, device=dev)
-    idx[row_of, pos] = table.kv_indices
-    idx = idx.view(1, heads, nq, nk)
-    blocks = table.block_mask().to(dev)
-    bm, bn = table.block_m, table.block_n
-
-    def mask_mod(b, h, q_idx, kv_idx):
-        return blocks[h, q_idx // bm, kv_idx // bn]
-
-    zero = torch.zeros_like(counts)
-    block_mask = BlockMask.from_kv_blocks(zero, idx.clone(), counts, idx, BLOCK_SIZE=(bm, bn), mask_mod=mask_mod,
-                                          seq_lengths=(table.seq_len, table.seq_len))
+    """FlexAttention with the same table (flex_tables.py). Returns (fn, state, note)."""
+    attention = FlexTableAttention(table, q4.device, scale, compiled)
     sel = list(table.heads)
     qh, kh, vh = (x[:, :, sel].transpose(1, 2) for x in (q4, k4, v4))  # [1, h, L, D]
-    note = f"BlockMask {bm}x{bn}, all listed blocks full"
-    kernel_options = None
     state = {}
 
     def fn():
-        state["out"] = flex(qh, kh, vh, block_mask=block_mask, scale=scale, kernel_options=kernel_options)
+        state["out"] = attention(qh, kh, vh)
         return state["out"]
-    try:
-        fn()
-    except Exception as error:  # kernel tile larger than the sparse block: say so and pin it
-        kernel_options = {"BLOCK_M": bm, "BLOCK_N": bn}
-        note += f"; kernel_options {kernel_options} after: {str(error).splitlines()[0][:120]}"
-        fn()
-    return fn, state, note
+    fn()
+    return fn, state, attention.note
 
 
 # --------------------------------------------------------------------------

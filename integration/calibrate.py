@@ -76,8 +76,9 @@ def calibrate(model_patcher, sample: Callable[[object], object], *, plan_name: s
     save_plan(plan, plan_path)
     seconds = time.perf_counter() - start
     log.info("Sparse-vDiT: calibrated '%s' in %.1f s (%s, probe steps %s); predicted attention speedup %.2fx; "
-             "wrote %s and %s.", name, seconds, calibrator.geometry.describe(), calibrator.probe_steps,
-             plan.provenance["predicted_attention_speedup"], plan_path, stats_path)
+             "%.0f%% of heads get the same pattern at every probed step; wrote %s and %s.", name, seconds,
+             calibrator.geometry.describe(), calibrator.probe_steps, plan.provenance["predicted_attention_speedup"],
+             100 * plan.provenance["probe_agreement"]["same_at_every_probe"], plan_path, stats_path)
     return CalibrationResult(plan, stats, plan_path, stats_path, samples, seconds)
 
 

@@ -74,50 +74,60 @@ def score_layer(q: torch.Tensor, *args, **kwargs) -> LayerScores:
 
 
 def _score_layer(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, geometry: Geometry,
-                candidates: Sequence[Candidate], query_blocks: torch.Tensor,
-                stripe_frames: torch.Tensor | None = None,
-                block_m: int = DEFAULT_BLOCK_M, block_n: int = DEFAULT_BLOCK_N) -> LayerScores:
+                 candidates: Sequence[Candidate], query_blocks: torch.Tensor,
+                 stripe_frames: torch.Tensor | None = None,
+                 block_m: int = DEFAULT_BLOCK_M, block_n: int = DEFAULT_BLOCK_N) -> LayerScores:
     """q, k, v: [B, L, H, D] of one layer call. stripe_frames [H, K]: the key
-    frames stripe candidates use; None chooses them here by attention mass."""
+    frames stripe candidates use; None chooses them here by attention mass
+    (and also draws the thumbnails: both are only needed once per layer)."""
     batch, seq_len, heads, head_dim = q.shape
     if seq_len != geometry.seq_len:
         raise ValueError(f"q has {seq_len} tokens, geometry {geometry.seq_len}")
     device = q.device
     n_kb = (seq_len + block_n - 1) // block_n
-    blocks = query_blocks.tolist()
-    rows = torch.cat([torch.arange(b * block_m, min((b + 1) * block_m, seq_len)) for b in blocks]).to(device)
-    block_of_row = torch.cat([torch.full((min((b + 1) * block_m, seq_len) - b * block_m,), i)
-                              for i, b in enumerate(blocks)]).to(device)
-    n_rows = rows.numel()
-    chunk = max(1, _CHUNK_FLOATS // (batch * max(seq_len, n_kb * head_dim)))
-    pad = n_kb * block_n - seq_len
+    padded_len = n_kb * block_n
+    # Rows in whole query blocks (candidate masks are per query block); the
+    # tail block's rows past the sequence repeat its last row with weight 0.
+    rows = (query_blocks[:, None] * block_m + torch.arange(block_m)).to(device)   # [G, bm]
+    valid = (rows < seq_len).float()
+    rows = rows.clamp(max=seq_len - 1)
+    n_groups = rows.shape[0]
+    chunk = max(1, _CHUNK_FLOATS // (batch * block_m * padded_len))   # query blocks per chunk
     video = slice(geometry.prefix, geometry.prefix + geometry.video_tokens)
     fixed_masks = {c: _block_mask(c.pattern(), geometry, block_m, block_n)[query_blocks].to(device)
                    for c in candidates if c.mode not in ("skip", "vertical_stripe")}
     k_top = max(max_top_frames(candidates), 1)
     skip_columns = [i for i, c in enumerate(candidates) if c.mode == "skip"]
     sparse_columns = [i for i, c in enumerate(candidates) if c.mode != "skip"]
+    first_probe = stripe_frames is None
 
-    sq_err = torch.zeros(heads, len(candidates), dtype=torch.float64)
-    power = 0.0
+    sq_err = torch.zeros(heads, len(candidates), dtype=torch.float64, device=device)
+    skip_err = torch.zeros(heads, dtype=torch.float64, device=device)
     frame_mass = torch.zeros(heads, geometry.frames)
     chosen = torch.zeros(heads, k_top, dtype=torch.int64)
     thumbs = torch.zeros(heads, THUMB_ROWS, THUMB_COLS)
     scale = head_dim ** -0.5
 
-    def probabilities(h: int, part: torch.Tensor) -> torch.Tensor:
-        qh = q[:, part, h].float()
-        return torch.softmax(torch.matmul(qh, k[:, :, h].float().transpose(1, 2)) * scale, dim=-1)
-
     for h in range(heads):
-        vh = torch.nn.functional.pad(v[:, :, h].float(), (0, 0, 0, pad)).view(batch, n_kb, block_n, head_dim)
-        if stripe_frames is None:  # first pass: where does the attention mass go?
+        # Keys padded to whole blocks; padded columns get -inf before the softmax.
+        kh = torch.nn.functional.pad(k[:, :, h].float(), (0, 0, 0, padded_len - seq_len)).transpose(1, 2)
+        vh = torch.nn.functional.pad(v[:, :, h].float(), (0, 0, 0, padded_len - seq_len))   # [B, Lp, D]
+        qh = q[:, :, h].float() * scale
+
+        def probabilities(groups: slice) -> torch.Tensor:
+            """[B, G*bm, Lp] dense attention probabilities of these query blocks."""
+            s = torch.matmul(qh[:, rows[groups].reshape(-1)], kh)
+            s[..., seq_len:] = float("-inf")
+            return torch.softmax(s, dim=-1)
+
+        if first_probe:  # where does the attention mass go? (chooses the stripe frames)
             mass = torch.zeros(geometry.frames, device=device)
-            for start in range(0, n_rows, chunk):
-                p = probabilities(h, rows[start:start + chunk])
+            for start in range(0, n_groups, chunk):
+                part = slice(start, start + chunk)
+                p = probabilities(part) * valid[part].reshape(1, -1, 1)
                 mass += p[:, :, video].reshape(*p.shape[:2], geometry.frames, -1).sum((0, 1, 3))
-            frame_mass[h] = (mass / (batch * n_rows)).cpu()
-            chosen[h] = torch.argsort(frame_mass[h], descending=True, stable=True)[:k_top].cpu() \
+            frame_mass[h] = (mass / (batch * valid.sum())).cpu()
+            chosen[h] = torch.argsort(frame_mass[h], descending=True, stable=True)[:k_top] \
                 if geometry.frames >= k_top else torch.arange(k_top) % geometry.frames
         else:
             chosen[h] = stripe_frames[h, :k_top]
@@ -128,25 +138,34 @@ def _score_layer(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, geometry: Ge
                 masks.append(_block_mask(pattern, geometry, block_m, block_n)[query_blocks].to(device))
             elif c.mode != "skip":
                 masks.append(fixed_masks[c])
-        masks = torch.stack(masks).float()                                # [Cs, sampled q blocks, n_kb]
-        thumb_rows = torch.zeros(n_rows, THUMB_COLS, device=device)
-        for start in range(0, n_rows, chunk):
-            part = rows[start:start + chunk]
-            p = probabilities(h, part)                                   # [B, n, L]
-            thumb_rows[start:start + part.numel()] = _bin_sum(p.mean(0), THUMB_COLS, 1)
-            p_blocks = torch.nn.functional.pad(p, (0, pad)).view(batch, -1, n_kb, block_n)
-            r = p_blocks.sum(-1)                                          # [B, n, n_kb]
-            z = torch.einsum("bnkj,bkjd->bnkd", p_blocks, vh)             # [B, n, n_kb, D]
-            dense = z.sum(2)
-            power += float(dense.double().pow(2).sum())
-            # every candidate at once: one pass over z instead of one per candidate
-            m = masks[:, block_of_row[start:start + part.numel()]]        # [Cs, n, n_kb]
-            num = torch.einsum("cnk,bnkd->cbnd", m, z)
-            den = torch.einsum("cnk,bnk->cbn", m, r).clamp_min(1e-30)
-            err = (num / den.unsqueeze(-1) - dense).double().pow(2).sum(dim=(1, 2, 3)).cpu()
-            sq_err[h, sparse_columns] += err
-            sq_err[h, skip_columns] += float(dense.double().pow(2).sum())
-        thumbs[h] = _bin_sum(thumb_rows, THUMB_ROWS, 0).cpu()
-    count = batch * n_rows * head_dim
+        masks = torch.stack(masks, dim=1).float()                        # [G, Cs, n_kb]
+        thumb_rows = torch.zeros(n_groups * block_m, THUMB_COLS, device=device)
+        for start in range(0, n_groups, chunk):
+            part = slice(start, start + chunk)
+            g = rows[part].shape[0]
+            weight = valid[part].reshape(1, g, block_m, 1)
+            p = probabilities(part)                                       # [B, g*bm, Lp]
+            if first_probe:
+                thumb_rows[start * block_m:(start + g) * block_m] = _bin_sum(p.mean(0)[:, :seq_len], THUMB_COLS, 1)
+            p_blocks = p.view(batch, g * block_m, n_kb, block_n)
+            r = p_blocks.sum(-1).view(batch, g, block_m, n_kb)            # mass per key block
+            dense = torch.matmul(p, vh).view(batch, g, block_m, head_dim)
+            # every candidate at once: per key block Z_b = P[:, b] V_b, then
+            # per query block the candidate's mask sums them (two matmuls)
+            num = torch.empty(batch, g, len(sparse_columns), block_m * head_dim, device=device)
+            for b in range(batch):
+                z = torch.matmul(p_blocks[b].transpose(0, 1), vh[b].view(n_kb, block_n, head_dim))  # [n_kb, g*bm, D]
+                z = z.view(n_kb, g, block_m * head_dim).transpose(0, 1)                              # [g, n_kb, bm*D]
+                num[b] = torch.matmul(masks[part], z)
+            num = num.view(batch, g, -1, block_m, head_dim).transpose(2, 3)  # [B, g, bm, Cs, D]
+            den = torch.einsum("gck,bgmk->bgmc", masks[part], r).clamp_min(1e-30)
+            diff = num / den.unsqueeze(-1) - dense.unsqueeze(3)
+            sq_err[h, sparse_columns] += (diff.pow(2) * weight.unsqueeze(-1)).sum(dim=(0, 1, 2, 4), dtype=torch.float64)
+            skip_err[h] += (dense.pow(2) * weight).sum(dtype=torch.float64)
+        if first_probe:
+            thumbs[h] = _bin_sum(thumb_rows[valid.reshape(-1) > 0], THUMB_ROWS, 0).cpu()
+    sq_err[:, skip_columns] = skip_err[:, None]
+    count = batch * float(valid.sum()) * head_dim
     thumbs = thumbs / thumbs.amax(dim=(1, 2), keepdim=True).clamp_min(1e-30)
-    return LayerScores(sq_err / count, power / (count * heads), frame_mass, chosen, thumbs.half())
+    power = float(skip_err.sum()) / (count * heads)
+    return LayerScores(sq_err.cpu() / count, power, frame_mass, chosen, thumbs.half())

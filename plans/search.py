@@ -34,10 +34,15 @@ ERROR_UNIT = 0.01
 FULL = -1  # choice index meaning "keep the head dense"
 
 
-def normalised_errors(stats: Statistics) -> torch.Tensor:
-    """float64 [L, H, C]: worst probed step, in units of ERROR_UNIT x layer power."""
+def errors_per_probe(stats: Statistics) -> torch.Tensor:
+    """float64 [P, L, H, C]: in units of ERROR_UNIT x the layer's output power at that step."""
     scale = (stats.power.double() * ERROR_UNIT).clamp_min(1e-30)[:, :, None, None]
-    return (stats.sq_err.double() / scale).amax(dim=0)
+    return stats.sq_err.double() / scale
+
+
+def normalised_errors(stats: Statistics) -> torch.Tensor:
+    """float64 [L, H, C]: the worst probed step decides."""
+    return errors_per_probe(stats).amax(dim=0)
 
 
 def sparsity(stats: Statistics) -> torch.Tensor:
@@ -53,6 +58,19 @@ def judge(errors: torch.Tensor, sparsity_: torch.Tensor, lam: float, eps: float)
     score = errors + lam * (1.0 - sparsity_)
     best_score, best = score.min(dim=-1)
     return torch.where(best_score > eps, torch.full_like(best, FULL), best)
+
+
+def probe_agreement(stats: Statistics, lam: float, eps: float) -> dict:
+    """Do patterns shift with the noise level? Each probed step judged on its
+    own: the share of heads given the same choice at every probed step, and
+    per step the share that matches the plan (worst step decides). Near 1:
+    one plan for all sparse steps is what the statistics support."""
+    sparsity_ = sparsity(stats)
+    overall = judge(normalised_errors(stats), sparsity_, lam, eps)
+    per_probe = torch.stack([judge(e, sparsity_, lam, eps) for e in errors_per_probe(stats)])
+    return {"probe_steps": stats.probe_steps.tolist(),
+            "same_at_every_probe": round(float((per_probe == per_probe[0]).all(0).double().mean()), 4),
+            "matches_plan_per_probe": [round(float((c == overall).double().mean()), 4) for c in per_probe]}
 
 
 def choice_cost(stats: Statistics, choice: torch.Tensor) -> torch.Tensor:
@@ -122,5 +140,5 @@ def solve_plan(stats: Statistics, lam: float = 0.5, eps: float = 1.0, target_spe
         settings = {"target_speedup": target_speedup}
     else:
         choice = judge(normalised_errors(stats), sparsity(stats), lam, eps)
-        settings = {"lambda": lam, "epsilon": eps}
+        settings = {"lambda": lam, "epsilon": eps, "probe_agreement": probe_agreement(stats, lam, eps)}
     return plan_from_choice(stats, choice, name, warmup, {**settings, **extra})

@@ -130,3 +130,16 @@ def test_missing_probes_are_a_clear_error():
     calibrator = Calibrator(ModelShape("synthetic", 2, 2, 16), MENUS["standard"], probe_count=1)
     with pytest.raises(PlanError, match="no video self-attention"):
         calibrator.statistics(torch.ones(len(MENUS["standard"]) + 1), "block-count")
+
+
+def test_probe_agreement_sees_a_pattern_that_moves_between_steps(planted):
+    _, stats = planted
+    plan = solve_plan(stats, 0.5, 1.0)
+    same = plan.provenance["probe_agreement"]
+    assert same["same_at_every_probe"] > 0.9  # planted heads keep their shape across steps
+    layer, head = next((l, h) for l, lp in enumerate(plan.layers) for h, p in enumerate(lp.heads) if p.name != "full")
+    moved = copy.deepcopy(stats)
+    moved.sq_err[1, layer, head] = 1e9  # at the second probe every candidate fails for this head: full there
+    agreement = solve_plan(moved, 0.5, 1.0).provenance["probe_agreement"]
+    assert agreement["same_at_every_probe"] < same["same_at_every_probe"]
+    assert agreement["matches_plan_per_probe"][0] < 1.0  # the worst step (probe 1) decides the plan
