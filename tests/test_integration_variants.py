@@ -81,3 +81,64 @@ def test_other_wan_models_follow_the_plan(comfy, config_class, extra, channels):
     out, expected, hook, state = run_both(model, positive, negative, Geometry(T, R, C), latent=latent)
     assert state["n"] == LAYERS and hook.counts.get("sparse") == LAYERS, hook.counts
     assert H.rel_diff(out, expected) < 1e-4
+
+
+def clip_vision(tokens: int, seed: int):
+    """What CLIPVisionEncode gives the model: penultimate hidden states [1, tokens, 1280]."""
+    from types import SimpleNamespace
+
+    return SimpleNamespace(penultimate_hidden_states=torch.randn(1, tokens, 1280, generator=torch.Generator().manual_seed(seed)))
+
+
+def with_values(conds, values: dict):
+    return [[c[0], dict(c[1], **values)] for c in conds]
+
+
+def test_wan_flf_first_and_last_frame(comfy):
+    """FLF2V: an I2V model with img_emb.emb_pos for two CLIP images (514
+    tokens, as WanFirstLastFrameToVideo concatenates them), the first and
+    last frames given as concatenated latent channels and mask."""
+    from sparse_vdit.patterns import Geometry
+
+    model = H.tiny_wan_model(seed=0, config_class="WAN21_I2V",
+                             extra_config={"model_type": "i2v", "in_dim": 36, "flf_pos_embed_token_number": 514})
+    assert model.model.diffusion_model.img_emb.emb_pos is not None
+    positive, negative = H.make_conds(model, seed=1)
+    image = torch.randn(1, 16, T, 2 * R, 2 * C, generator=torch.Generator().manual_seed(6))
+    mask = torch.ones(1, 4, T, 2 * R, 2 * C)
+    mask[:, :, 0] = mask[:, :, -1] = 0.0  # first and last frames given
+    values = {"concat_latent_image": image, "concat_mask": mask, "clip_vision_output": clip_vision(2 * 257, 7)}
+    positive, negative = with_values(positive, values), with_values(negative, values)
+    out, expected, hook, state = run_both(model, positive, negative, Geometry(T, R, C))
+    assert state["n"] == LAYERS and hook.counts.get("sparse") == LAYERS, hook.counts
+    assert H.rel_diff(out, expected) < 1e-4
+    # the two-image CLIP context reaches the model (the FLF path is really taken)
+    plain = H.sample(model, with_values(positive, {"clip_vision_output": clip_vision(2 * 257, 8)}),
+                     with_values(negative, {"clip_vision_output": clip_vision(2 * 257, 8)}), seed=5, steps=1)
+    assert H.rel_diff(plain, H.sample(model, positive, negative, seed=5, steps=1)) > 1e-4
+
+
+@pytest.mark.parametrize("config_class,extra,clip", [
+    ("WAN21_Camera", {"model_type": "camera", "in_dim": 32}, True),     # Wan2.1 Fun Camera: I2V-style, CLIP context
+    ("WAN22_Camera", {"model_type": "camera_2.2", "in_dim": 36}, False),  # Wan2.2 Fun Camera: no CLIP
+], ids=["wan2.1-camera", "wan2.2-camera"])
+def test_wan_camera_control(comfy, config_class, extra, clip):
+    """CameraWanModel: Pluecker camera embeddings [B, 24, T, 8H, 8W] added
+    to the patch embedding by its control adapter; tokens are unchanged."""
+    from sparse_vdit.patterns import Geometry
+
+    model = H.tiny_wan_model(seed=0, config_class=config_class, extra_config=extra)
+    assert type(model.model.diffusion_model).__name__ == "CameraWanModel"
+    positive, negative = H.make_conds(model, seed=1)
+    camera = torch.randn(1, 24, T, 16 * R, 16 * C, generator=torch.Generator().manual_seed(6))
+    values = {"camera_conditions": camera}
+    if clip:
+        values["clip_vision_output"] = clip_vision(257, 7)
+    positive, negative = with_values(positive, values), with_values(negative, values)
+    out, expected, hook, state = run_both(model, positive, negative, Geometry(T, R, C))
+    assert state["n"] == LAYERS and hook.counts.get("sparse") == LAYERS, hook.counts
+    assert H.rel_diff(out, expected) < 1e-4
+    # the camera embedding reaches the model (its adapter is really run)
+    still = with_values(positive, {"camera_conditions": torch.zeros_like(camera)})
+    assert H.rel_diff(H.sample(model, still, with_values(negative, {"camera_conditions": torch.zeros_like(camera)}),
+                               seed=5, steps=1), H.sample(model, positive, negative, seed=5, steps=1)) > 1e-4
