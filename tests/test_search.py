@@ -143,3 +143,20 @@ def test_probe_agreement_sees_a_pattern_that_moves_between_steps(planted):
     agreement = solve_plan(moved, 0.5, 1.0).provenance["probe_agreement"]
     assert agreement["same_at_every_probe"] < same["same_at_every_probe"]
     assert agreement["matches_plan_per_probe"][0] < 1.0  # the worst step (probe 1) decides the plan
+
+
+def test_bf16_block_sums_score_like_float32(monkeypatch):
+    """The GPU path keeps the per-key-block sums in bf16: its errors must
+    stay within a hundredth of the error unit (plus 1%) of float32's."""
+    from sparse_vdit.plans import scoring
+    from sparse_vdit.plans.search import ERROR_UNIT
+    modes = ["diagonal", "multi_diagonal", "vertical_stripe", "uniform", "negligible", "diagonal"]
+    q, k, v = (x.view(2, GEOMETRY.seq_len, len(modes), DIM) for x in planted_layer(modes, GEOMETRY, DIM, batch=2, seed=3))
+    blocks = scoring.sampled_query_blocks((GEOMETRY.seq_len + 127) // 128, 0.5)
+    exact = scoring.score_layer(q, k, v, GEOMETRY, MENUS["standard"], blocks)
+    monkeypatch.setattr(scoring, "_block_sum_dtype", lambda device: torch.bfloat16)
+    rounded = scoring.score_layer(q, k, v, GEOMETRY, MENUS["standard"], blocks)
+    unit = exact.power * ERROR_UNIT
+    a, b = exact.sq_err / unit, rounded.sq_err / unit
+    assert ((a - b).abs() <= 0.01 + 0.01 * a).all(), (a - b).abs().max()
+    assert not torch.equal(a, b)  # the bf16 path really ran
