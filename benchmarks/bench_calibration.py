@@ -60,6 +60,7 @@ def main():
     from sparse_vdit.integration.model_info import describe_diffusion_model
     from sparse_vdit.plans.calibrator import Calibrator
     from sparse_vdit.plans.candidates import MENUS
+    from sparse_vdit.plans import cost as cost_module
     from sparse_vdit.plans.cost import candidate_costs
     from sparse_vdit.plans.format import ModelShape
     from sparse_vdit.plans.search import probe_agreement, solve_plan
@@ -80,6 +81,7 @@ def main():
                "model": "Wan2.1 1.3B (random weights)", "batch": 2, "steps": args.steps, "dense_run_s": dense_s,
                "runs": []}
     for fraction in (float(f) for f in args.query_fractions.split(",")):
+        cost_module._memory_cache.clear()  # every run measures its costs (Triton compiles once per process)
         start = time.perf_counter()
         calibrator = Calibrator(ModelShape(info.family, info.layers, info.heads, info.head_dim), MENUS["standard"],
                                 args.probe_steps, fraction, warmup=0.2)
