@@ -24,7 +24,7 @@ from ..patterns.tables import DEFAULT_BLOCK_M, DEFAULT_BLOCK_N
 from .candidates import Candidate, max_top_frames
 
 THUMB_ROWS, THUMB_COLS = 32, 64
-_CHUNK_FLOATS = 1 << 26  # bounds the per-chunk probabilities and block sums
+_CHUNK_FLOATS = 1 << 27  # per-chunk probabilities (fp32): fewer, larger chunks run faster
 
 
 @dataclass
@@ -74,12 +74,21 @@ def score_layer(q: torch.Tensor, *args, **kwargs) -> LayerScores:
 
 
 def _block_sum_dtype(device: torch.device) -> torch.dtype:
-    """Per-key-block sums Z_b (the largest tensors here, twice the
-    probabilities) run in bf16 on the GPU: fp32 accumulation inside the
-    matmuls, and their rounding (~0.4% of a head's output, so ~1e-5 of its
-    power) is far below the 1% error unit. Dense output and block masses
-    stay fp32."""
+    """The per-key-block sums Z_b (the largest tensors here) run in bf16 on
+    the GPU: fp32 accumulation inside the matmuls, and their rounding (~0.4%
+    of a head's output, ~1e-5 of its power) is far below the 1% error unit."""
     return torch.bfloat16 if device.type == "cuda" else torch.float32
+
+
+def _stripe_masks(candidates, chosen: torch.Tensor, geometry, query_blocks, block_m, block_n) -> torch.Tensor:
+    """bool [H, G, S, n_kb]: each head's stripe candidates on its own key frames."""
+    stripes = [c for c in candidates if c.mode == "vertical_stripe"]
+    n_kb = (geometry.seq_len + block_n - 1) // block_n
+    out = torch.zeros(chosen.shape[0], len(query_blocks), len(stripes), n_kb, dtype=torch.bool)
+    for h, frames in enumerate(chosen.tolist()):
+        for i, c in enumerate(stripes):
+            out[h, :, i] = _block_mask(c.pattern(frames), geometry, block_m, block_n)[query_blocks]
+    return out
 
 
 def _score_layer(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, geometry: Geometry,
@@ -88,7 +97,13 @@ def _score_layer(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, geometry: Ge
                  block_m: int = DEFAULT_BLOCK_M, block_n: int = DEFAULT_BLOCK_N) -> LayerScores:
     """q, k, v: [B, L, H, D] of one layer call. stripe_frames [H, K]: the key
     frames stripe candidates use; None chooses them here by attention mass
-    (and also draws the thumbnails: both are only needed once per layer)."""
+    (and also draws the thumbnails: both are only needed once per layer).
+
+    Per chunk of sampled query blocks and head: P (fp32 softmax), then
+    Z_b = P[:, b] [V_b | 1] for every key block b in one batched matmul (the
+    ones column gives the block's mass r_b), then every candidate's numerator
+    and denominator at once as its block mask times Z; an all-ones mask row
+    gives dense by the same arithmetic."""
     batch, seq_len, heads, head_dim = q.shape
     if seq_len != geometry.seq_len:
         raise ValueError(f"q has {seq_len} tokens, geometry {geometry.seq_len}")
@@ -103,82 +118,82 @@ def _score_layer(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, geometry: Ge
     n_groups = rows.shape[0]
     chunk = max(1, _CHUNK_FLOATS // (batch * block_m * padded_len))   # query blocks per chunk
     video = slice(geometry.prefix, geometry.prefix + geometry.video_tokens)
-    fixed_masks = {c: _block_mask(c.pattern(), geometry, block_m, block_n)[query_blocks].to(device)
-                   for c in candidates if c.mode not in ("skip", "vertical_stripe")}
     k_top = max(max_top_frames(candidates), 1)
     skip_columns = [i for i, c in enumerate(candidates) if c.mode == "skip"]
-    sparse_columns = [i for i, c in enumerate(candidates) if c.mode != "skip"]
-    first_probe = stripe_frames is None
+    fixed = [c for c in candidates if c.mode not in ("skip", "vertical_stripe")]
+    stripes = [c for c in candidates if c.mode == "vertical_stripe"]
+    order = fixed + stripes  # mask rows: fixed candidates, stripes, then all-ones (dense)
+    columns = [candidates.index(c) for c in order]
     z_dtype = _block_sum_dtype(device)
-
-    sq_err = torch.zeros(heads, len(candidates), dtype=torch.float64, device=device)
-    skip_err = torch.zeros(heads, dtype=torch.float64, device=device)
-    frame_mass = torch.zeros(heads, geometry.frames)
-    chosen = torch.zeros(heads, k_top, dtype=torch.int64)
-    thumbs = torch.zeros(heads, THUMB_ROWS, THUMB_COLS)
+    width = head_dim + 8  # V, a ones column (block mass), zero padding to a multiple of 8
     scale = head_dim ** -0.5
 
-    for h in range(heads):
-        # Keys padded to whole blocks; padded columns get -inf before the softmax.
+    def head_qkv(h: int):
         kh = torch.nn.functional.pad(k[:, :, h].float(), (0, 0, 0, padded_len - seq_len)).transpose(1, 2)
-        vh = torch.nn.functional.pad(v[:, :, h].float(), (0, 0, 0, padded_len - seq_len))   # [B, Lp, D]
-        qh = q[:, :, h].float() * scale
+        return q[:, :, h].float() * scale, kh
 
-        def probabilities(groups: slice) -> torch.Tensor:
-            """[B, G*bm, Lp] dense attention probabilities of these query blocks."""
-            s = torch.matmul(qh[:, rows[groups].reshape(-1)], kh)
-            s[..., seq_len:] = float("-inf")
-            return torch.softmax(s, dim=-1)
+    def probabilities(qh, kh, groups: slice) -> torch.Tensor:
+        """[B, g*bm, Lp] dense attention probabilities of these query blocks."""
+        s = torch.matmul(qh[:, rows[groups].reshape(-1)], kh)
+        s[..., seq_len:] = float("-inf")  # padded keys
+        return torch.softmax(s, dim=-1)
 
-        if first_probe:  # where does the attention mass go? (chooses the stripe frames)
-            mass = torch.zeros(geometry.frames, device=device)
+    frame_mass = torch.zeros(heads, geometry.frames, device=device)
+    if stripe_frames is None:  # where does the attention mass go? (chooses the stripe frames)
+        for h in range(heads):
+            qh, kh = head_qkv(h)
             for start in range(0, n_groups, chunk):
                 part = slice(start, start + chunk)
-                p = probabilities(part) * valid[part].reshape(1, -1, 1)
-                mass += p[:, :, video].reshape(*p.shape[:2], geometry.frames, -1).sum((0, 1, 3))
-            frame_mass[h] = (mass / (batch * valid.sum())).cpu()
-            chosen[h] = torch.argsort(frame_mass[h], descending=True, stable=True)[:k_top] \
-                if geometry.frames >= k_top else torch.arange(k_top) % geometry.frames
-        else:
-            chosen[h] = stripe_frames[h, :k_top]
-        masks = []  # the block mask of every candidate but skip, for this head
-        for c in candidates:
-            if c.mode == "vertical_stripe":
-                pattern = c.pattern(chosen[h].tolist())
-                masks.append(_block_mask(pattern, geometry, block_m, block_n)[query_blocks].to(device))
-            elif c.mode != "skip":
-                masks.append(fixed_masks[c])
-        masks = torch.stack(masks, dim=1).float()                        # [G, Cs, n_kb]
-        masks_z = masks.to(z_dtype)
-        vz = vh.to(z_dtype).view(batch, n_kb, block_n, head_dim)
+                p = probabilities(qh, kh, part) * valid[part].reshape(1, -1, 1)
+                frame_mass[h] += p[:, :, video].reshape(*p.shape[:2], geometry.frames, -1).sum((0, 1, 3))
+        frame_mass /= batch * valid.sum()
+        frame_mass = frame_mass.cpu()
+        chosen = torch.argsort(frame_mass, dim=1, descending=True, stable=True)[:, :k_top] \
+            if geometry.frames >= k_top else (torch.arange(k_top) % geometry.frames).expand(heads, k_top)
+    else:
+        frame_mass, chosen = frame_mass.cpu(), stripe_frames[:, :k_top].clone()
+    # Every head's masks, built on the CPU and moved once: [H, G, C' + 1, n_kb]
+    fixed_masks = torch.stack([_block_mask(c.pattern(), geometry, block_m, block_n)[query_blocks] for c in fixed], 1) \
+        if fixed else torch.zeros(len(query_blocks), 0, n_kb, dtype=torch.bool)
+    masks = torch.cat([fixed_masks.expand(heads, -1, -1, -1),
+                       _stripe_masks(candidates, chosen, geometry, query_blocks, block_m, block_n),
+                       torch.ones(heads, len(query_blocks), 1, n_kb, dtype=torch.bool)], 2).to(device, z_dtype)
+
+    sq_err = torch.zeros(heads, len(order), dtype=torch.float64, device=device)
+    skip_err = torch.zeros(heads, dtype=torch.float64, device=device)
+    thumbs = torch.zeros(heads, THUMB_ROWS, THUMB_COLS, device=device)
+    for h in range(heads):
+        qh, kh = head_qkv(h)
+        vz = torch.zeros(batch, padded_len, width, device=device, dtype=z_dtype)
+        vz[:, :seq_len, :head_dim] = v[:, :, h]
+        vz[:, :, head_dim] = 1
+        vz = vz.view(batch, n_kb, block_n, width)
         thumb_rows = torch.zeros(n_groups * block_m, THUMB_COLS, device=device)
         for start in range(0, n_groups, chunk):
             part = slice(start, start + chunk)
             g = rows[part].shape[0]
-            weight = valid[part].reshape(1, g, block_m, 1)
-            p = probabilities(part)                                       # [B, g*bm, Lp]
-            if first_probe:
+            p = probabilities(qh, kh, part)                               # [B, g*bm, Lp]
+            if stripe_frames is None:
                 thumb_rows[start * block_m:(start + g) * block_m] = _bin_sum(p.mean(0)[:, :seq_len], THUMB_COLS, 1)
-            p_blocks = p.view(batch, g * block_m, n_kb, block_n)
-            pz_blocks = p_blocks.to(z_dtype)
-            r = p_blocks.sum(-1).view(batch, g, block_m, n_kb)            # mass per key block
-            dense = torch.matmul(p, vh).view(batch, g, block_m, head_dim)
-            # every candidate at once: per key block Z_b = P[:, b] V_b, then
-            # per query block the candidate's mask sums them (two matmuls)
-            num = torch.empty(batch, g, len(sparse_columns), block_m * head_dim, device=device)
+            pz = p.to(z_dtype).view(batch, g * block_m, n_kb, block_n)
+            del p
+            out = torch.empty(batch, g, len(order) + 1, block_m * width, device=device)
             for b in range(batch):
-                z = torch.matmul(pz_blocks[b].transpose(0, 1), vz[b])                 # [n_kb, g*bm, D]
-                z = z.view(n_kb, g, block_m * head_dim).transpose(0, 1)                # [g, n_kb, bm*D]
-                num[b] = torch.matmul(masks_z[part], z)
-            num = num.view(batch, g, -1, block_m, head_dim).transpose(2, 3)  # [B, g, bm, Cs, D]
-            den = torch.einsum("gck,bgmk->bgmc", masks[part], r).clamp_min(1e-30)
-            diff = num / den.unsqueeze(-1) - dense.unsqueeze(3)
-            sq_err[h, sparse_columns] += (diff.pow(2) * weight.unsqueeze(-1)).sum(dim=(0, 1, 2, 4), dtype=torch.float64)
+                z = torch.matmul(pz[b].transpose(0, 1), vz[b])                    # [n_kb, g*bm, W]
+                z = z.view(n_kb, g, block_m * width).transpose(0, 1)               # [g, n_kb, bm*W]
+                out[b] = torch.matmul(masks[h, part], z)                           # [g, C'+1, bm*W]
+            out = out.view(batch, g, len(order) + 1, block_m, width)
+            result = out[..., :head_dim] / out[..., head_dim:head_dim + 1].clamp_min(1e-30)
+            dense = result[:, :, -1:]
+            weight = valid[part].reshape(1, g, 1, block_m, 1)
+            sq_err[h] += ((result[:, :, :-1] - dense).pow(2) * weight).sum(dim=(0, 1, 3, 4), dtype=torch.float64)
             skip_err[h] += (dense.pow(2) * weight).sum(dtype=torch.float64)
-        if first_probe:
-            thumbs[h] = _bin_sum(thumb_rows[valid.reshape(-1) > 0], THUMB_ROWS, 0).cpu()
-    sq_err[:, skip_columns] = skip_err[:, None]
+        if stripe_frames is None:
+            thumbs[h] = _bin_sum(thumb_rows[valid.reshape(-1) > 0], THUMB_ROWS, 0)
     count = batch * float(valid.sum()) * head_dim
-    thumbs = thumbs / thumbs.amax(dim=(1, 2), keepdim=True).clamp_min(1e-30)
+    errors = torch.zeros(heads, len(candidates), dtype=torch.float64)
+    errors[:, columns] = sq_err.cpu()
+    errors[:, skip_columns] = skip_err.cpu()[:, None]
+    thumbs = (thumbs / thumbs.amax(dim=(1, 2), keepdim=True).clamp_min(1e-30)).cpu()
     power = float(skip_err.sum()) / (count * heads)
-    return LayerScores(sq_err.cpu() / count, power, frame_mass, chosen, thumbs.half())
+    return LayerScores(errors / count, power, frame_mass, chosen, thumbs.half())
