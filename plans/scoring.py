@@ -49,14 +49,27 @@ def _block_mask(pattern: Pattern, geometry: Geometry, block_m: int, block_n: int
     return pattern_block_mask(pattern, geometry, block_m, block_n)
 
 
+def _bin_index(n: int, bins: int) -> torch.Tensor:
+    """Which of `bins` nearly equal groups each of n positions falls in."""
+    edges = torch.linspace(0, n, bins + 1).long()
+    return torch.bucketize(torch.arange(n), edges[1:], right=True).clamp(max=bins - 1)
+
+
 def _bin_sum(x: torch.Tensor, bins: int, dim: int) -> torch.Tensor:
     """Sum x along dim into `bins` nearly equal groups."""
-    n = x.shape[dim]
-    edges = torch.linspace(0, n, bins + 1).long()
-    index = torch.bucketize(torch.arange(n), edges[1:], right=True).clamp(max=bins - 1).to(x.device)
     shape = list(x.shape)
     shape[dim] = bins
+    index = _bin_index(x.shape[dim], bins).to(x.device)
     return torch.zeros(shape, dtype=x.dtype, device=x.device).index_add_(dim, index, x)
+
+
+def _one_hot_columns(index: torch.Tensor, bins: int, length: int, offset: int, device) -> torch.Tensor:
+    """float32 [length, bins]: key position offset + i goes to bin index[i];
+    other positions (extra tokens, padding) to none. P @ this sums P into bins
+    in one pass over P."""
+    out = torch.zeros(length, bins, device=device)
+    out[torch.arange(offset, offset + len(index), device=device), index.to(device)] = 1
+    return out
 
 
 def score_layer(q: torch.Tensor, *args, **kwargs) -> LayerScores:
@@ -117,7 +130,6 @@ def _score_layer(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, geometry: Ge
     rows = rows.clamp(max=seq_len - 1)
     n_groups = rows.shape[0]
     chunk = max(1, _CHUNK_FLOATS // (batch * block_m * padded_len))   # query blocks per chunk
-    video = slice(geometry.prefix, geometry.prefix + geometry.video_tokens)
     k_top = max(max_top_frames(candidates), 1)
     skip_columns = [i for i, c in enumerate(candidates) if c.mode == "skip"]
     fixed = [c for c in candidates if c.mode not in ("skip", "vertical_stripe")]
@@ -140,12 +152,15 @@ def _score_layer(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, geometry: Ge
 
     frame_mass = torch.zeros(heads, geometry.frames, device=device)
     if stripe_frames is None:  # where does the attention mass go? (chooses the stripe frames)
+        frame_of_key = _one_hot_columns(torch.arange(geometry.video_tokens) // geometry.tokens_per_frame,
+                                        geometry.frames, padded_len, geometry.prefix, device)
+        thumb_of_key = _one_hot_columns(_bin_index(seq_len, THUMB_COLS), THUMB_COLS, padded_len, 0, device)
         for h in range(heads):
             qh, kh = head_qkv(h)
             for start in range(0, n_groups, chunk):
                 part = slice(start, start + chunk)
-                p = probabilities(qh, kh, part) * valid[part].reshape(1, -1, 1)
-                frame_mass[h] += p[:, :, video].reshape(*p.shape[:2], geometry.frames, -1).sum((0, 1, 3))
+                per_frame = torch.matmul(probabilities(qh, kh, part), frame_of_key)     # [B, g*bm, F]
+                frame_mass[h] += (per_frame * valid[part].reshape(1, -1, 1)).sum((0, 1))
         frame_mass /= batch * valid.sum()
         frame_mass = frame_mass.cpu()
         chosen = torch.argsort(frame_mass, dim=1, descending=True, stable=True)[:, :k_top] \
@@ -174,7 +189,7 @@ def _score_layer(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, geometry: Ge
             g = rows[part].shape[0]
             p = probabilities(qh, kh, part)                               # [B, g*bm, Lp]
             if stripe_frames is None:
-                thumb_rows[start * block_m:(start + g) * block_m] = _bin_sum(p.mean(0)[:, :seq_len], THUMB_COLS, 1)
+                thumb_rows[start * block_m:(start + g) * block_m] = torch.matmul(p, thumb_of_key).mean(0)
             pz = p.to(z_dtype).view(batch, g * block_m, n_kb, block_n)
             del p
             out = torch.empty(batch, g, len(order) + 1, block_m * width, device=device)
