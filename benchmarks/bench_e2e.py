@@ -234,7 +234,7 @@ def run_e2e(name: str, config: dict, wan, attention, ops, kitchen, device, dtype
     if kitchen is not None:
         record("sol-attn tau=1.3", lambda: step_options(sol_override(kitchen, 1.3, geometry.seq_len)))
 
-    dense_ms = rows.get("cudnn-sdpa", rows["comfyui-default"])["step_ms"]
+    dense_ms = (rows.get("cudnn-sdpa") or rows["comfyui-default"])["step_ms"]
     for label, row in rows.items():
         row["speedup_vs_cudnn_step"] = dense_ms / row["step_ms"]
         warm = round(WARMUP_SHARE * STEPS)

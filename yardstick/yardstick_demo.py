@@ -18,6 +18,7 @@ back to the planted-shapes demo.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 import tempfile
@@ -64,6 +65,7 @@ def run_yardstick_demo(comfyui: str | None = None, device: str = "auto", out_dir
     ymodel.import_comfy(path, cpu=dev == "cpu")
     import ys_common as common
     from sparse_vdit.integration.install import apply_plan
+    from sparse_vdit.plans.cost import block_share_costs
     from sparse_vdit.plans.search import solve_plan
 
     patcher = ymodel.load_patcher(dtype=torch.float32 if dev == "cpu" else torch.bfloat16)
@@ -81,7 +83,14 @@ def run_yardstick_demo(comfyui: str | None = None, device: str = "auto", out_dir
     with tempfile.TemporaryDirectory() as folder:
         result = common.calibrate(patcher, folder, name="demo", classes=[0], seed=1, steps=steps, probe_steps=2,
                                   query_fraction=0.25)
-    plan = solve_plan(result.statistics, target_speedup=target_speedup, name="yardstick demo", warmup=common.WARMUP)
+    # Solved on block shares, not this card's kernel times: at 2,048 tokens a
+    # GPU kernel is launch-bound (every pattern costs about what dense does),
+    # so measured costs would leave only skipping heads to reach the target.
+    # The demo shows what the search finds; the timing below says what this
+    # small model gets on this card.
+    stats = dataclasses.replace(result.statistics, cost_source="block-count",
+                                cost=block_share_costs(result.statistics.candidates, result.statistics.geometry))
+    plan = solve_plan(stats, target_speedup=target_speedup, name="yardstick demo", warmup=common.WARMUP)
     backend = "reference" if dev == "cpu" else "auto"
     sparse_model = apply_plan(patcher, plan, backend=backend)
     if dev == "cuda":  # warm-up (kernel compilation) outside the timing
@@ -102,7 +111,8 @@ def run_yardstick_demo(comfyui: str | None = None, device: str = "auto", out_dir
     print(f"  plan: {report['modes']}, attention density {density:.3f} -> predicted attention speedup "
           f"{1 / density:.2f}x (sparse steps)")
     print(f"  dense {t_dense:.2f} s, sparse {t_sparse:.2f} s, end to end {report['end_to_end_speedup']:.2f}x"
-          + ("  (CPU reference path: correctness, not speed)" if dev == "cpu" else ""))
+          + ("  (CPU reference path: correctness, not speed)" if dev == "cpu" else
+             "  (2,048 tokens per call: launch-bound, sparse kernels pay at real video sizes; see benchmarks/)"))
     print(f"  PSNR {report['psnr_db']:.2f} dB, SSIM {report['ssim']:.4f} against dense (latents, no VAE)")
     print(f"  image: {report['image']} (rows: dense, sparse, |difference| x4; latent channels 0-2 as RGB)")
     return report
