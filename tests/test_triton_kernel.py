@@ -266,10 +266,20 @@ def _triton_importable():
         return False
 
 
+def _triton_version() -> tuple[int, ...]:
+    import triton
+    return tuple(int(part) for part in triton.__version__.split(".")[:2] if part.isdigit())
+
+
 @pytest.fixture(scope="module")
 def interpreter_results():
     if not _triton_importable():
         pytest.skip("triton is not installed")
+    if _triton_version() < (3, 9):
+        # Triton 3.6's interpreter fails on the kernel's scalar loads from a
+        # table ("only 0-dimensional arrays can be converted"); 3.9's runs it.
+        # The compiled kernel is checked by the GPU tests below on any version.
+        pytest.skip("the Triton interpreter before 3.9 cannot run this kernel")
     env = dict(os.environ, TRITON_INTERPRET="1")
     proc = subprocess.run([sys.executable, os.path.abspath(__file__), "--worker", *CASES],
                           capture_output=True, text=True, env=env, timeout=600)
