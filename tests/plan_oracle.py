@@ -58,3 +58,15 @@ def patched_and_oracle(model, positive, negative, plan, override, latent=None, s
     patched = apply_plan(model, plan, backend="reference")
     out = H.sample(patched, positive, negative, latent, seed=5, steps=steps, cfg=cfg)
     return out, expected, patched.model_options["transformer_options"]["optimized_attention_override"]
+
+
+def check_grid_model(model, positive, negative, latent, geometry, family: str, calls: int, steps: int = 2) -> None:
+    """A model whose self-attention covers exactly the video grid: the patched
+    run serves every one of `calls` self-attention calls, differs from dense,
+    and equals the oracle."""
+    plan = mixed_plan(family)
+    override, state = oracle_override(plan, lambda n: geometry if n == geometry.seq_len else None)
+    out, expected, hook = patched_and_oracle(model, positive, negative, plan, override, latent, steps=steps)
+    assert state["n"] == calls and hook.counts.get("sparse") == calls, hook.counts
+    assert H.rel_diff(out, H.sample(model, positive, negative, latent, seed=5, steps=steps)) > 1e-3
+    assert H.rel_diff(out, expected) < 1e-4

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import comfy_harness as H
-from plan_oracle import HEAD_DIM, HEADS, LAYERS, mixed_plan, oracle_override, patched_and_oracle
+from plan_oracle import HEAD_DIM, HEADS, LAYERS, check_grid_model
 
 pytestmark = pytest.mark.comfyui
 
@@ -29,9 +29,4 @@ def test_cosmos_predict2_layers_by_counting(comfy):
     positive = [[torch.randn(1, 16, 32, generator=g), {}]]
     negative = [[torch.randn(1, 16, 32, generator=g), {}]]
     latent = torch.zeros(1, 16, T, 2 * R, 2 * C)
-    geometry, plan = Geometry(T, R, C), mixed_plan("cosmos_predict2")
-    override, state = oracle_override(plan, lambda n: geometry if n == geometry.seq_len else None)
-    out, expected, hook = patched_and_oracle(model, positive, negative, plan, override, latent, steps=2)
-    assert state["n"] == 2 * LAYERS and hook.counts.get("sparse") == 2 * LAYERS, hook.counts
-    assert H.rel_diff(out, H.sample(model, positive, negative, latent, seed=5, steps=2)) > 1e-3
-    assert H.rel_diff(out, expected) < 1e-4
+    check_grid_model(model, positive, negative, latent, Geometry(T, R, C), "cosmos_predict2", 2 * LAYERS)

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import comfy_harness as H
-from plan_oracle import HEAD_DIM, HEADS, LAYERS, mixed_plan, oracle_override, patched_and_oracle
+from plan_oracle import HEAD_DIM, HEADS, LAYERS, check_grid_model, mixed_plan, oracle_override, patched_and_oracle
 
 pytestmark = pytest.mark.comfyui
 
@@ -42,12 +42,7 @@ def test_cosmos1_layers_by_counting(comfy):
     assert info.family.startswith("cosmos") and (info.layers, info.heads, info.head_dim) == (LAYERS, HEADS, HEAD_DIM)
     positive, negative = conds()
     latent = torch.zeros(1, 16, T, 2 * R, 2 * C)
-    geometry, plan = Geometry(T, R, C), mixed_plan("cosmos")
-    override, state = oracle_override(plan, lambda n: geometry if n == geometry.seq_len else None)
-    out, expected, hook = patched_and_oracle(model, positive, negative, plan, override, latent, steps=2)
-    assert state["n"] == 2 * LAYERS and hook.counts.get("sparse") == 2 * LAYERS, hook.counts
-    assert H.rel_diff(out, H.sample(model, positive, negative, latent, seed=5, steps=2)) > 1e-3
-    assert H.rel_diff(out, expected) < 1e-4
+    check_grid_model(model, positive, negative, latent, Geometry(T, R, C), "cosmos", 2 * LAYERS)
 
 
 def test_cosmos1_two_full_attention_sub_blocks_are_two_layers(comfy):

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import comfy_harness as H
-from plan_oracle import HEAD_DIM, HEADS, LAYERS, mixed_plan, oracle_override, patched_and_oracle
+from plan_oracle import HEAD_DIM, HEADS, LAYERS, check_grid_model
 
 pytestmark = pytest.mark.comfyui
 
@@ -25,9 +25,4 @@ def test_ltxv_layers_by_counting(comfy):
     positive = [[torch.randn(1, 16, 32, generator=g), {"attention_mask": mask}]]
     negative = [[torch.randn(1, 16, 32, generator=g), {"attention_mask": mask}]]
     latent = torch.zeros(1, 128, T, R, C)
-    geometry, plan = Geometry(T, R, C), mixed_plan("ltxv")
-    override, state = oracle_override(plan, lambda n: geometry if n == geometry.seq_len else None)
-    out, expected, hook = patched_and_oracle(model, positive, negative, plan, override, latent, steps=2)
-    assert state["n"] == 2 * LAYERS and hook.counts.get("sparse") == 2 * LAYERS, hook.counts
-    assert H.rel_diff(out, H.sample(model, positive, negative, latent, seed=5, steps=2)) > 1e-3
-    assert H.rel_diff(out, expected) < 1e-4
+    check_grid_model(model, positive, negative, latent, Geometry(T, R, C), "ltxv", 2 * LAYERS)
