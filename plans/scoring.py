@@ -93,9 +93,8 @@ def _block_sum_dtype(device: torch.device) -> torch.dtype:
     return torch.bfloat16 if device.type == "cuda" else torch.float32
 
 
-def _stripe_masks(candidates, chosen: torch.Tensor, geometry, query_blocks, block_m, block_n) -> torch.Tensor:
+def _stripe_masks(stripes, chosen: torch.Tensor, geometry, query_blocks, block_m, block_n) -> torch.Tensor:
     """bool [H, G, S, n_kb]: each head's stripe candidates on its own key frames."""
-    stripes = [c for c in candidates if c.mode == "vertical_stripe"]
     n_kb = (geometry.seq_len + block_n - 1) // block_n
     out = torch.zeros(chosen.shape[0], len(query_blocks), len(stripes), n_kb, dtype=torch.bool)
     for h, frames in enumerate(chosen.tolist()):
@@ -171,7 +170,7 @@ def _score_layer(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, geometry: Ge
     fixed_masks = torch.stack([_block_mask(c.pattern(), geometry, block_m, block_n)[query_blocks] for c in fixed], 1) \
         if fixed else torch.zeros(len(query_blocks), 0, n_kb, dtype=torch.bool)
     masks = torch.cat([fixed_masks.expand(heads, -1, -1, -1),
-                       _stripe_masks(candidates, chosen, geometry, query_blocks, block_m, block_n),
+                       _stripe_masks(stripes, chosen, geometry, query_blocks, block_m, block_n),
                        torch.ones(heads, len(query_blocks), 1, n_kb, dtype=torch.bool)], 2).to(device, z_dtype)
 
     sq_err = torch.zeros(heads, len(order), dtype=torch.float64, device=device)
