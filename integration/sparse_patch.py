@@ -34,8 +34,15 @@ class SparsePatch(VideoAttentionHook):
         self.schedule = schedule
         self.backend = backend
 
+    def layer_pattern(self, layer: int, info: ForwardInfo):
+        """This step's pattern of a layer (plans may change with the step)."""
+        if self.plan.later_ranges and info.step is None:
+            self.log_once("no-step-ranges", "the sampler gave no step schedule: the first step range of plan '%s' "
+                          "serves every step.", self.plan.name)
+        return self.plan.layers_at(info.step, info.total_steps)[layer]
+
     def serves(self, call: dict, layer: int, info: ForwardInfo) -> bool:
-        if self.plan.layers[layer].is_dense:
+        if self.layer_pattern(layer, info).is_dense:
             return False  # an all-full layer is exactly the call as it came
         if info.step is not None and self.schedule.is_dense(info.step, info.total_steps, info.sigma):
             self.log_once("warmup", "dense warm-up: the first %.0f%% of steps run dense.", 100 * self.schedule.warmup_fraction)
@@ -67,7 +74,7 @@ class SparsePatch(VideoAttentionHook):
         geometry, (q, k, v) = self.kept_tokens(call)
         heads, layout = int(call["heads"]), call_layout(call)
         out_layout = "bhld" if call.get("skip_output_reshape") else "flat"
-        compiled = compile_layer(self.plan.layers[index], geometry, str(q.device))
+        compiled = compile_layer(self.layer_pattern(index, info), geometry, str(q.device))
         if "serving" not in self._logged:
             self.log_once("serving", "plan '%s' serving %s (layer %d density %.2f).", self.plan.name,
                           geometry.describe(), index, compiled.density())

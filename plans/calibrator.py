@@ -45,6 +45,7 @@ class Calibrator:
         self.check_interrupt = check_interrupt
         self.geometry: Geometry | None = None
         self.probe_steps: list[int] | None = None
+        self.total_steps: int | None = None  # of the sampling schedule: places the step ranges
         L, H, C, K = model.layers, model.heads, len(self.candidates), max(max_top_frames(self.candidates), 1)
         self._sq_err = torch.zeros(probe_count, L, H, C, dtype=torch.float64)
         self._power = torch.zeros(probe_count, L, dtype=torch.float64)
@@ -60,6 +61,7 @@ class Calibrator:
             return None
         if self.probe_steps is None:
             self.probe_steps = select_probe_steps(total_steps, self.probe_count, self.warmup)
+            self.total_steps = total_steps
         return self.probe_steps.index(step) if step in self.probe_steps else None
 
     def accepts(self, geometry: Geometry) -> bool:
@@ -107,7 +109,8 @@ class Calibrator:
         n = self._probes()
         calls = self._calls[:n].to(torch.float64)
         info = {"date": datetime.date.today().isoformat(), "software": f"sparse-vdit {__version__}",
-                "query_fraction": self.query_fraction, "warmup_fraction": self.warmup, **self.info}
+                "query_fraction": self.query_fraction, "warmup_fraction": self.warmup,
+                "total_steps": self.total_steps, **self.info}
         return Statistics(self.model, self.geometry, self.candidates, self._sq_err[:n] / calls[:, :, None, None],
                           self._power[:n] / calls, cost, self._stripe.clone(), self._frame_mass.clone(),
                           self._thumbs.clone(), torch.tensor(self.probe_steps, dtype=torch.int64), cost_source, info)

@@ -15,6 +15,17 @@ A plan is versioned, human-readable JSON:
                      "lambda": 0.5, "epsilon": 1.0, "software": "...", "date": "..."}
     }
 
+A plan whose patterns change with the noise level (version 2) adds ranges of
+steps that follow the first; "layers" then serves the sparse steps before
+the first of them:
+
+      "later_step_ranges": [
+        {"from_step_fraction": 0.55, "layers": [...]},   # steps s with s / total >= 0.55
+        ...
+      ]
+
+A plan with one range is written as version 1, which older packs read.
+
 Every field is checked on load, and errors name the file and the field.
 """
 from __future__ import annotations
@@ -29,7 +40,7 @@ from ..patterns.registry import pattern_from_dict
 from .atomic import atomic_write_text
 
 FORMAT_NAME = "sparse-vdit-plan"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # the newest this pack reads and writes; version 1 has no later step ranges
 PROVENANCE_KINDS = ("static-baseline", "calibrated")
 
 
@@ -61,13 +72,36 @@ class DenseSchedule:
         return self.sigma_above is not None and sigma is not None and sigma > self.sigma_above
 
 
+@dataclass(frozen=True)
+class StepRange:
+    """The patterns of the steps s with s / total_steps >= start."""
+    start: float
+    layers: tuple[LayerPattern, ...]
+
+
 @dataclass(frozen=True, eq=False)
 class Plan:
     name: str
     model: ModelShape
-    layers: tuple[LayerPattern, ...]
+    layers: tuple[LayerPattern, ...]  # every sparse step, or those before the first later range
     dense: DenseSchedule = DenseSchedule()
     provenance: dict = field(default_factory=dict)
+    later_ranges: tuple[StepRange, ...] = ()  # ordered by start, each start in (0, 1)
+
+    def layers_at(self, step: int | None, total_steps: int | None) -> tuple[LayerPattern, ...]:
+        """The layer patterns of a step; the first range's when the step is unknown."""
+        chosen = self.layers
+        if step is None or not total_steps:
+            return chosen
+        for later in self.later_ranges:
+            if step >= later.start * total_steps - 1e-9:
+                chosen = later.layers
+        return chosen
+
+    @property
+    def step_ranges(self) -> tuple[StepRange, ...]:
+        """Every range, the first starting at 0."""
+        return (StepRange(0.0, self.layers),) + self.later_ranges
 
     def check_model(self, layers: int, heads: int, head_dim: int, what: str = "the loaded model") -> None:
         """Raise PlanError naming both shapes when the plan does not fit."""
@@ -76,9 +110,10 @@ class Plan:
                 f"plan '{self.name}' is for {self.model.describe()}, but {what} has "
                 f"{layers} layers x {heads} heads x head_dim {head_dim}")
 
-    def density_summary(self) -> dict[str, int]:
+    def density_summary(self, layers: tuple[LayerPattern, ...] | None = None) -> dict[str, int]:
+        """Heads per mode, of the first step range unless given `layers`."""
         counts: dict[str, int] = {}
-        for layer in self.layers:
+        for layer in self.layers if layers is None else layers:
             for pattern in layer.heads:
                 counts[pattern.name] = counts.get(pattern.name, 0) + 1
         return counts
@@ -116,23 +151,7 @@ def _dense_from_dict(data, where: str) -> DenseSchedule:
     return DenseSchedule(float(fraction), None if sigma is None else float(sigma))
 
 
-def plan_from_dict(data, source: str = "plan") -> Plan:
-    if not isinstance(data, dict):
-        raise PlanError(f"{source}: a plan must be a JSON object")
-    if data.get("format") != FORMAT_NAME:
-        raise PlanError(f"{source}: not a Sparse-vDiT plan (format is {data.get('format')!r}, expected {FORMAT_NAME!r})")
-    version = data.get("version")
-    if isinstance(version, bool) or not isinstance(version, int):
-        raise PlanError(f"{source}: 'version' must be an integer, got {version!r}")
-    if version != FORMAT_VERSION:
-        newer = " (made by a newer Sparse-vDiT: update the pack)" if version > FORMAT_VERSION else ""
-        raise PlanError(f"{source}: plan format version {version} is not supported; this pack reads version {FORMAT_VERSION}{newer}")
-    model_data = _require(data, "model", dict, source)
-    family = _require(model_data, "family", str, f"{source}: model")
-    model = ModelShape(family, _positive(model_data, "layers", f"{source}: model"),
-                       _positive(model_data, "heads", f"{source}: model"),
-                       _positive(model_data, "head_dim", f"{source}: model"))
-    layer_list = _require(data, "layers", list, source)
+def _layers_from_list(layer_list: list, model: ModelShape, source: str) -> tuple[LayerPattern, ...]:
     if len(layer_list) != model.layers:
         raise PlanError(f"{source}: model says {model.layers} layers but 'layers' lists {len(layer_list)}")
     layers = []
@@ -152,6 +171,48 @@ def plan_from_dict(data, source: str = "plan") -> Plan:
             except PatternError as error:
                 raise PlanError(f"{where}, head {head}: {error}") from None
         layers.append(LayerPattern(tuple(patterns)))
+    return tuple(layers)
+
+
+def _later_ranges_from_list(entries, version: int, model: ModelShape, source: str) -> tuple[StepRange, ...]:
+    if entries is None:
+        return ()
+    if version < 2:
+        raise PlanError(f"{source}: 'later_step_ranges' needs plan format version 2, the file says {version}")
+    if not isinstance(entries, list):
+        raise PlanError(f"{source}: 'later_step_ranges' must be a list")
+    ranges, previous = [], 0.0
+    for index, entry in enumerate(entries):
+        where = f"{source}: later_step_ranges[{index}]"
+        if not isinstance(entry, dict):
+            raise PlanError(f"{where}: must be an object with 'from_step_fraction' and 'layers'")
+        start = entry.get("from_step_fraction")
+        if isinstance(start, bool) or not isinstance(start, (int, float)) or not previous < start < 1:
+            raise PlanError(f"{where}: from_step_fraction must be a number in ({previous:g}, 1), increasing "
+                            f"from range to range; got {start!r}")
+        ranges.append(StepRange(float(start), _layers_from_list(_require(entry, "layers", list, where), model, where)))
+        previous = float(start)
+    return tuple(ranges)
+
+
+def plan_from_dict(data, source: str = "plan") -> Plan:
+    if not isinstance(data, dict):
+        raise PlanError(f"{source}: a plan must be a JSON object")
+    if data.get("format") != FORMAT_NAME:
+        raise PlanError(f"{source}: not a Sparse-vDiT plan (format is {data.get('format')!r}, expected {FORMAT_NAME!r})")
+    version = data.get("version")
+    if isinstance(version, bool) or not isinstance(version, int):
+        raise PlanError(f"{source}: 'version' must be an integer, got {version!r}")
+    if not 1 <= version <= FORMAT_VERSION:
+        newer = " (made by a newer Sparse-vDiT: update the pack)" if version > FORMAT_VERSION else ""
+        raise PlanError(f"{source}: plan format version {version} is not supported; this pack reads version {FORMAT_VERSION}{newer}")
+    model_data = _require(data, "model", dict, source)
+    family = _require(model_data, "family", str, f"{source}: model")
+    model = ModelShape(family, _positive(model_data, "layers", f"{source}: model"),
+                       _positive(model_data, "heads", f"{source}: model"),
+                       _positive(model_data, "head_dim", f"{source}: model"))
+    layers = _layers_from_list(_require(data, "layers", list, source), model, source)
+    later = _later_ranges_from_list(data.get("later_step_ranges"), version, model, source)
     provenance = data.get("provenance", {})
     if not isinstance(provenance, dict):
         raise PlanError(f"{source}: 'provenance' must be an object")
@@ -161,32 +222,51 @@ def plan_from_dict(data, source: str = "plan") -> Plan:
     name = data.get("name", "")
     if not isinstance(name, str):
         raise PlanError(f"{source}: 'name' must be a string")
-    return Plan(name, model, tuple(layers), _dense_from_dict(data.get("dense"), source), dict(provenance))
+    return Plan(name, model, layers, _dense_from_dict(data.get("dense"), source), dict(provenance), later)
+
+
+def _layers_to_list(layers: tuple[LayerPattern, ...]) -> list[dict]:
+    return [{"layer": i, "heads": [p.to_dict() for p in layer.heads]} for i, layer in enumerate(layers)]
 
 
 def plan_to_dict(plan: Plan) -> dict:
-    return {
+    data = {
         "format": FORMAT_NAME,
-        "version": FORMAT_VERSION,
+        "version": 2 if plan.later_ranges else 1,
         "name": plan.name,
         "model": {"family": plan.model.family, "layers": plan.model.layers,
                   "heads": plan.model.heads, "head_dim": plan.model.head_dim},
         "dense": {"warmup_fraction": plan.dense.warmup_fraction, "sigma_above": plan.dense.sigma_above},
-        "layers": [{"layer": i, "heads": [p.to_dict() for p in layer.heads]} for i, layer in enumerate(plan.layers)],
+        "layers": _layers_to_list(plan.layers),
         "provenance": plan.provenance,
     }
+    if plan.later_ranges:
+        data["later_step_ranges"] = [{"from_step_fraction": r.start, "layers": _layers_to_list(r.layers)}
+                                     for r in plan.later_ranges]
+    return data
+
+
+def _layers_json(layers: list[dict], indent: str) -> str:
+    """A layer list with one line per head."""
+    blocks = []
+    for layer in layers:
+        heads = ",\n".join(f"{indent}    " + json.dumps(h) for h in layer["heads"])
+        blocks.append(f'{indent}{{"layer": {layer["layer"]}, "heads": [\n{heads}\n{indent}]}}')
+    return "[\n" + ",\n".join(blocks) + "\n" + indent[:-2] + "]"
 
 
 def dumps_plan(plan: Plan) -> str:
     """JSON with one line per head, so a person can read and diff a plan."""
     data = plan_to_dict(plan)
     layers = data.pop("layers")
-    head = json.dumps(data, indent=2)[:-2]  # reopen the object to append "layers"
-    blocks = []
-    for layer in layers:
-        heads = ",\n".join("        " + json.dumps(h) for h in layer["heads"])
-        blocks.append(f'    {{"layer": {layer["layer"]}, "heads": [\n{heads}\n    ]}}')
-    return head + ',\n  "layers": [\n' + ",\n".join(blocks) + "\n  ]\n}\n"
+    later = data.pop("later_step_ranges", [])
+    text = json.dumps(data, indent=2)[:-2]  # reopen the object to append the layer lists
+    text += ',\n  "layers": ' + _layers_json(layers, "    ")
+    if later:
+        ranges = [f'    {{"from_step_fraction": {r["from_step_fraction"]!r}, "layers": {_layers_json(r["layers"], "        ")}}}'
+                  for r in later]
+        text += ',\n  "later_step_ranges": [\n' + ",\n".join(ranges) + "\n  ]"
+    return text + "\n}\n"
 
 
 def loads_plan(text: str, source: str = "plan") -> Plan:

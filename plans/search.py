@@ -18,20 +18,32 @@ For a target attention speedup instead, each head takes the candidate that
 minimises E_i + mu * cost_i (full included, at error 0) and mu is bisected
 until the predicted speedup is met: the least total error for that budget
 among the solutions this Lagrangian reaches.
+
+Where patterns shift with the noise level, the probed steps are split into
+step ranges, each with its own patterns (step_ranges.py); costs and errors
+are then weighted by the share of sparse steps each range serves.
 """
 from __future__ import annotations
 
 import datetime
+import math
+from dataclasses import dataclass
 
 import torch
 
 from .. import __version__
 from ..patterns import Full, LayerPattern
-from .format import DenseSchedule, Plan, PlanError
+from .format import DenseSchedule, Plan, PlanError, StepRange
 from .statistics import Statistics
+from .step_ranges import ProbeSpans, best_partition, fewest_that_pay, probe_spans, range_counts
 
 ERROR_UNIT = 0.01
 FULL = -1  # choice index meaning "keep the head dense"
+# A further step range must save this share of dense attention time (judge
+# mode) or cut the weighted error by this share of the one-range error
+# (target mode); below that, fewer ranges serve as well.
+COST_MARGIN = 0.02
+ERROR_MARGIN = 0.05
 
 
 def errors_per_probe(stats: Statistics) -> torch.Tensor:
@@ -84,35 +96,97 @@ def predicted_speedup(stats: Statistics, choice: torch.Tensor) -> float:
     return float(stats.cost[-1]) * choice.numel() / max(total, 1e-12)
 
 
-def solve_for_speedup(stats: Statistics, target: float, iterations: int = 60) -> torch.Tensor:
+def relative_cost(stats: Statistics, choice: torch.Tensor) -> float:
+    """Attention time of a choice as a share of all heads full."""
+    return float(choice_cost(stats, choice).sum()) / (float(stats.cost[-1]) * choice.numel())
+
+
+def _as_choice(index: torch.Tensor, candidates: int) -> torch.Tensor:
+    """Candidate indices where index `candidates` means full."""
+    return torch.where(index == candidates, torch.full_like(index, FULL), index)
+
+
+def _spans(stats: Statistics, warmup: float) -> ProbeSpans:
+    total = stats.info.get("total_steps")
+    first_sparse = math.ceil(warmup * total - 1e-9) if total else 0  # as DenseSchedule counts the warm-up
+    return probe_spans(errors_per_probe(stats), stats.probe_steps.tolist(), total, first_sparse)
+
+
+@dataclass
+class Solution:
+    """The chosen spans of probes and the choice of each ([L, H], FULL = dense)."""
+    spans: ProbeSpans
+    chosen: list[int]
+    choices: list[torch.Tensor]
+
+    def weighted(self, per_span) -> float:
+        return sum(float(self.spans.weights[n]) * per_span(c) for n, c in zip(self.chosen, self.choices))
+
+
+def _judge_ranges(stats: Statistics, spans: ProbeSpans, lam: float, eps: float, counts: list[int]) -> Solution:
+    sparsity_ = sparsity(stats)
+    choices = [judge(errors, sparsity_, lam, eps) for errors in spans.errors]
+    values = [float(w) * relative_cost(stats, c) for w, c in zip(spans.weights, choices)]
+    solutions = {}
+    for count in counts:
+        chosen = best_partition(values.__getitem__, spans, len(stats.probe_steps), count)
+        solutions[count] = Solution(spans, chosen, [choices[n] for n in chosen])
+    costs = {count: sol.weighted(lambda c: relative_cost(stats, c)) for count, sol in solutions.items()}
+    return solutions[fewest_that_pay(costs, COST_MARGIN)]
+
+
+def _speedup_ranges(stats: Statistics, spans: ProbeSpans, target: float, counts: list[int],
+                    iterations: int = 60) -> Solution:
+    """Each count of ranges: the Lagrangian min of weighted error + mu x
+    weighted cost over spans and choices, with mu bisected to the budget."""
     if target < 1:
         raise PlanError(f"target speedup must be >= 1, got {target}")
-    errors = normalised_errors(stats)
+    C = len(stats.candidates)
     cost = stats.cost.double()
-    errors_all = torch.cat([errors, torch.zeros(*errors.shape[:2], 1, dtype=errors.dtype)], -1)  # last = full
+    errors_all = torch.cat([spans.errors, torch.zeros(*spans.errors.shape[:-1], 1, dtype=torch.float64)], -1)
+    probes = len(stats.probe_steps)
 
-    def pick(mu: float) -> torch.Tensor:
-        idx = (errors_all + mu * cost).argmin(-1)
-        return torch.where(idx == len(stats.candidates), torch.full_like(idx, FULL), idx)
+    def pick(mu: float, count: int) -> Solution:
+        score = errors_all + mu * cost
+        best, index = score.min(-1)
+        values = (best.sum((1, 2)) * spans.weights).tolist()
+        chosen = best_partition(values.__getitem__, spans, probes, count)
+        return Solution(spans, chosen, [_as_choice(index[n], C) for n in chosen])
 
-    budget = float(cost[-1]) * errors.shape[0] * errors.shape[1] / target
-    cheapest = pick(1e30)
-    if float(choice_cost(stats, cheapest).sum()) > budget * (1 + 1e-9):
+    def error(solution: Solution) -> float:
+        return sum(float(spans.weights[n]) * float(errors_all[n].gather(-1, c.where(c != FULL, C)[..., None]).sum())
+                   for n, c in zip(solution.chosen, solution.choices))
+
+    def weighted_cost(solution: Solution) -> float:
+        return solution.weighted(lambda c: relative_cost(stats, c))
+
+    budget = 1.0 / target
+    cheapest = pick(1e30, 1)
+    if weighted_cost(cheapest) > budget * (1 + 1e-9):
         raise PlanError(f"a {target:.2f}x attention speedup is out of reach for these candidates "
-                        f"(at most {predicted_speedup(stats, cheapest):.2f}x)")
-    low, high = 0.0, 1.0
-    while float(choice_cost(stats, pick(high)).sum()) > budget:
-        high *= 2
-    for _ in range(iterations):
-        mid = (low + high) / 2
-        if float(choice_cost(stats, pick(mid)).sum()) > budget:
-            low = mid
-        else:
-            high = mid
-    return pick(high)
+                        f"(at most {1 / weighted_cost(cheapest):.2f}x)")
+    solutions = {}
+    for count in counts:
+        low, high = 0.0, 1.0
+        while weighted_cost(pick(high, count)) > budget:
+            high *= 2
+        for _ in range(iterations):
+            mid = (low + high) / 2
+            if weighted_cost(pick(mid, count)) > budget:
+                low = mid
+            else:
+                high = mid
+        solutions[count] = pick(high, count)
+    errors = {count: error(sol) for count, sol in solutions.items()}
+    return solutions[fewest_that_pay(errors, ERROR_MARGIN * errors[min(errors)])]
 
 
-def plan_from_choice(stats: Statistics, choice: torch.Tensor, name: str, warmup: float, settings: dict) -> Plan:
+def solve_for_speedup(stats: Statistics, target: float) -> torch.Tensor:
+    """One choice for every sparse step: [L, H]."""
+    return _speedup_ranges(stats, _spans(stats, 0.0), target, [1]).choices[0]
+
+
+def _layers_of(stats: Statistics, choice: torch.Tensor) -> tuple[LayerPattern, ...]:
     layers = []
     for layer in range(choice.shape[0]):
         heads = []
@@ -120,25 +194,39 @@ def plan_from_choice(stats: Statistics, choice: torch.Tensor, name: str, warmup:
             c = int(choice[layer, head])
             heads.append(Full() if c == FULL else stats.candidates[c].pattern(stats.stripe_frames[layer, head].tolist()))
         layers.append(LayerPattern(tuple(heads)))
+    return tuple(layers)
+
+
+def plan_from_solution(stats: Statistics, solution: Solution, name: str, warmup: float, settings: dict) -> Plan:
+    spans, probe_steps = solution.spans, stats.probe_steps.tolist()
+    ranges = [StepRange(spans.starts[n], _layers_of(stats, choice)) for n, choice in zip(solution.chosen, solution.choices)]
+    described = [{"from_step_fraction": round(spans.starts[n], 6),
+                  "probe_steps": probe_steps[spans.spans[n][0]: spans.spans[n][1] + 1],
+                  "share_of_sparse_steps": round(float(spans.weights[n]), 4),
+                  "predicted_attention_speedup": round(1 / max(relative_cost(stats, c), 1e-12), 3)}
+                 for n, c in zip(solution.chosen, solution.choices)]
     provenance = {
         "kind": "calibrated", "geometry": stats.geometry.to_dict(), **settings,
         "error_unit": ERROR_UNIT, "cost_source": stats.cost_source,
-        "predicted_attention_speedup": round(predicted_speedup(stats, choice), 3),
-        "probe_steps": stats.probe_steps.tolist(), "calibration": stats.info,
+        "predicted_attention_speedup": round(1 / max(solution.weighted(lambda c: relative_cost(stats, c)), 1e-12), 3),
+        "probe_steps": probe_steps, "step_ranges": described, "calibration": stats.info,
         "software": f"sparse-vdit {__version__}", "date": stats.info.get("date") or datetime.date.today().isoformat(),
     }
-    return Plan(name, stats.model, tuple(layers), DenseSchedule(warmup), provenance)
+    return Plan(name, stats.model, ranges[0].layers, DenseSchedule(warmup), provenance, tuple(ranges[1:]))
 
 
 def solve_plan(stats: Statistics, lam: float = 0.5, eps: float = 1.0, target_speedup: float = 0.0,
-               name: str = "solved plan", warmup: float | None = None, **extra) -> Plan:
+               name: str = "solved plan", warmup: float | None = None, step_ranges="auto", **extra) -> Plan:
     """A plan from statistics: by lambda/epsilon, or for a target attention
-    speedup when target_speedup > 0."""
+    speedup when target_speedup > 0; with `step_ranges` ranges of steps
+    ("auto": as many as pay, see step_ranges.py)."""
     warmup = float(stats.info.get("warmup_fraction", 0.2)) if warmup is None else warmup
+    spans = _spans(stats, warmup)
+    counts = range_counts(step_ranges, len(stats.probe_steps), len(spans.spans) > 1)
     if target_speedup and target_speedup > 0:
-        choice = solve_for_speedup(stats, target_speedup)
+        solution = _speedup_ranges(stats, spans, target_speedup, counts)
         settings = {"target_speedup": target_speedup}
     else:
-        choice = judge(normalised_errors(stats), sparsity(stats), lam, eps)
+        solution = _judge_ranges(stats, spans, lam, eps, counts)
         settings = {"lambda": lam, "epsilon": eps, "probe_agreement": probe_agreement(stats, lam, eps)}
-    return plan_from_choice(stats, choice, name, warmup, {**settings, **extra})
+    return plan_from_solution(stats, solution, name, warmup, {**settings, "step_ranges_asked": str(step_ranges), **extra})

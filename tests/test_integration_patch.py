@@ -1,6 +1,7 @@
 """The Patch node on a real ComfyUI: a tiny Wan2.1 built from ComfyUI's own
 classes, patched through the node's execute, sampled with comfy.sample."""
 import copy
+from dataclasses import replace
 
 import pytest
 import torch
@@ -12,13 +13,25 @@ from plan_oracle import HEAD_DIM, HEADS, LAYERS, mixed_plan
 pytestmark = pytest.mark.comfyui
 
 GRID = H.DEFAULT_GRID  # 4 x 10 x 11 = 440 tokens per frame-batch
+
+
+def later_layers():
+    """What the ranged plan serves from half-way through the steps."""
+    from sparse_vdit.patterns import Diagonal, Full, LayerPattern, Skip, VerticalStripe
+
+    return (LayerPattern((Full(), Diagonal(0), Skip(), Diagonal(0))),
+            LayerPattern((VerticalStripe((0,)), Full(), Diagonal(1), Full())))
+
+
 def plans():
     from sparse_vdit.patterns import Full, LayerPattern
-    from sparse_vdit.plans.format import DenseSchedule, ModelShape, Plan
+    from sparse_vdit.plans.format import DenseSchedule, ModelShape, Plan, StepRange
 
     shape = ModelShape("wan2.1 tiny", LAYERS, HEADS, HEAD_DIM)
+    mixed = mixed_plan("wan2.1 tiny")
     return {
-        "mixed": mixed_plan("wan2.1 tiny"),
+        "mixed": mixed,
+        "ranged": replace(mixed, name="ranged", later_ranges=(StepRange(0.5, later_layers()),)),
         "full": Plan("full", shape, (LayerPattern((Full(),) * HEADS),) * LAYERS, DenseSchedule(0.0), {"kind": "static-baseline"}),
         "wrong": Plan("wrong", ModelShape("wan2.1 1.3b", 30, 12, 128), (LayerPattern((Full(),) * 12),) * 30),
     }
@@ -130,6 +143,35 @@ def test_mixed_plan_sample_matches_an_oracle_run(setup, plan_folder):
     patched_out = H.sample(patch(model, "mixed"), positive, negative, seed=5, steps=2)
     assert counter["n"] == 2 * LAYERS
     assert H.rel_diff(patched_out, oracle_out) < 1e-4
+
+
+def test_step_ranges_switch_patterns_at_their_step(setup, plan_folder):
+    """A plan read from a file whose patterns change half-way: steps 0-1 of 4
+    follow the first range, steps 2-3 the later one, as a float64 oracle
+    that knows nothing of step ranges computes them."""
+    from sparse_vdit.patterns import Geometry
+
+    model, positive, negative = setup
+    first, later, geometry = plans()["mixed"].layers, later_layers(), Geometry(*GRID)
+    counter = {"n": 0}
+
+    def oracle_override(func, *args, **kwargs):
+        q, k, v = args[:3]
+        if q.shape[1] == k.shape[1] == geometry.seq_len:
+            step, index = divmod(counter["n"], LAYERS)  # cond and uncond batched: one call per layer and step
+            layer = (first if step < 2 else later)[index]
+            counter["n"] += 1
+            shape = (q.shape[0], geometry.seq_len, HEADS, HEAD_DIM)
+            return layer_oracle(*(x.view(shape) for x in (q, k, v)), layer, geometry, 128, 64).to(q.dtype).reshape(q.shape)
+        return func(*args, **kwargs)
+
+    oracle_out = H.sample(H.install_attention_override(model, oracle_override), positive, negative, seed=5, steps=4)
+    patched = patch(model, "ranged")
+    patched_out = H.sample(patched, positive, negative, seed=5, steps=4)
+    assert counter["n"] == 4 * LAYERS and the_patch(patched).counts["sparse"] == 4 * LAYERS
+    assert H.rel_diff(patched_out, oracle_out) < 1e-4
+    # the same plan with its first range everywhere is a different run: the switch mattered
+    assert H.rel_diff(patched_out, H.sample(patch(model, "mixed"), positive, negative, seed=5, steps=4)) > 1e-3
 
 
 def test_cross_attention_never_reaches_the_sparse_path_and_previous_override_is_chained(setup, plan_folder, spy):

@@ -5,15 +5,23 @@ import os
 import pytest
 
 from sparse_vdit.patterns import Diagonal, Full, LayerPattern, MultiDiagonal, Skip, VerticalStripe
-from sparse_vdit.plans.format import (DenseSchedule, ModelShape, Plan, PlanError, dumps_plan, load_plan, loads_plan,
-                                      plan_to_dict, save_plan)
+from sparse_vdit.plans.format import (DenseSchedule, ModelShape, Plan, PlanError, StepRange, dumps_plan, load_plan,
+                                      loads_plan, plan_to_dict, save_plan)
 
 LAYER = LayerPattern((Diagonal(2), Full(), VerticalStripe((0, -1)), MultiDiagonal(1, frames=3), Skip()))
 
 
-def small_plan(layers=2):
+LATER = LayerPattern((Skip(), Diagonal(1), Full(), Full(), VerticalStripe((1,))))
+
+
+def small_plan(layers=2, later=()):
     return Plan("test plan", ModelShape("wan2.1", layers, 5, 64), (LAYER,) * layers, DenseSchedule(0.25, 0.9),
-                {"kind": "static-baseline", "software": "test"})
+                {"kind": "static-baseline", "software": "test"}, later)
+
+
+def ranged_plan():
+    """Patterns that change at 40% and again at 75% of the steps."""
+    return small_plan(later=(StepRange(0.4, (LATER, LAYER)), StepRange(0.75, (LATER, LATER))))
 
 
 def test_round_trip(tmp_path):
@@ -40,7 +48,8 @@ def corrupt(mutate):
 
 
 @pytest.mark.parametrize("mutate,message", [
-    (lambda d: d.update(version=2), "version 2 is not supported.*newer"),
+    (lambda d: d.update(version=3), "version 3 is not supported.*newer"),
+    (lambda d: d.update(version=0), "version 0 is not supported"),
     (lambda d: d.update(version="1"), "version"),
     (lambda d: d.update(format="something"), "not a Sparse-vDiT plan"),
     (lambda d: d.pop("model"), "missing 'model'"),
@@ -56,6 +65,50 @@ def corrupt(mutate):
 def test_bad_plans_are_refused_with_a_clear_message(mutate, message):
     with pytest.raises(PlanError, match=message):
         loads_plan(corrupt(mutate), "bad.json")
+
+
+def test_round_trip_with_step_ranges(tmp_path):
+    plan = ranged_plan()
+    path = tmp_path / "r.json"
+    save_plan(plan, str(path))
+    loaded = load_plan(str(path))
+    assert loaded.later_ranges == plan.later_ranges and loaded.layers == plan.layers
+    assert plan_to_dict(loaded) == plan_to_dict(plan)
+    data = json.loads(path.read_text())
+    assert data["version"] == 2 and [r["from_step_fraction"] for r in data["later_step_ranges"]] == [0.4, 0.75]
+
+
+def test_the_step_picks_the_range():
+    plan = ranged_plan()
+    # 20 steps: 0-7 first range, 8-14 from 0.4, 15-19 from 0.75
+    expected = [(LAYER, LAYER)] * 8 + [(LATER, LAYER)] * 7 + [(LATER, LATER)] * 5
+    assert [plan.layers_at(step, 20) for step in range(20)] == expected
+    assert plan.layers_at(None, None) == plan.layers == small_plan().layers_at(19, 20)
+    assert [r.start for r in plan.step_ranges] == [0.0, 0.4, 0.75]
+
+
+def corrupt_ranged(mutate):
+    data = json.loads(dumps_plan(ranged_plan()))
+    mutate(data)
+    return json.dumps(data)
+
+
+@pytest.mark.parametrize("mutate,message", [
+    (lambda d: d.update(version=1), "later_step_ranges' needs plan format version 2"),
+    (lambda d: d.update(later_step_ranges={"from_step_fraction": 0.5}), "'later_step_ranges' must be a list"),
+    (lambda d: d["later_step_ranges"][0].update(from_step_fraction=0.0), r"later_step_ranges\[0\]: from_step_fraction"),
+    (lambda d: d["later_step_ranges"][1].update(from_step_fraction=0.3), r"later_step_ranges\[1\]: .*increasing"),
+    (lambda d: d["later_step_ranges"][1].update(from_step_fraction=1.0), r"later_step_ranges\[1\]: from_step_fraction"),
+    (lambda d: d["later_step_ranges"][0].update(from_step_fraction="0.5"), "from_step_fraction"),
+    (lambda d: d["later_step_ranges"][0].pop("layers"), r"later_step_ranges\[0\]: missing 'layers'"),
+    (lambda d: d["later_step_ranges"][1]["layers"].pop(), r"later_step_ranges\[1\]: model says 2 layers"),
+    (lambda d: d["later_step_ranges"][1]["layers"][0]["heads"][4].update(frames="x"),
+     r"later_step_ranges\[1\]: layer 0, head 4"),
+    (lambda d: d["later_step_ranges"].__setitem__(0, 7), r"later_step_ranges\[0\]: must be an object"),
+])
+def test_bad_step_ranges_are_refused_with_a_clear_message(mutate, message):
+    with pytest.raises(PlanError, match=message):
+        loads_plan(corrupt_ranged(mutate), "bad.json")
 
 
 def test_truncated_and_missing_files(tmp_path):

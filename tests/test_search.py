@@ -160,3 +160,122 @@ def test_bf16_block_sums_score_like_float32(monkeypatch):
     a, b = exact.sq_err / unit, rounded.sq_err / unit
     assert ((a - b).abs() <= 0.01 + 0.01 * a).all(), (a - b).abs().max()
     assert not torch.equal(a, b)  # the bf16 path really ran
+
+
+# ----- step ranges ------------------------------------------------------------
+def shifted(stats, layers=range(LAYERS // 2)):
+    """The planted statistics, but at the second probe every candidate fails
+    for every head of `layers`: those heads need full there, not before."""
+    moved = copy.deepcopy(stats)
+    for layer in layers:
+        moved.sq_err[1, layer] = 1e9
+    return moved
+
+
+def test_probe_spans_weigh_the_steps_each_range_serves():
+    from sparse_vdit.plans.step_ranges import probe_spans
+    errors = torch.rand(3, 2, 2, 4, dtype=torch.float64)
+    spans = probe_spans(errors, [4, 12, 19], 20, first_sparse_step=4)
+    # boundaries half-way between probes: steps 4-7 | 8-15 | 16-19 of the 16 sparse steps
+    weight = dict(zip(spans.spans, spans.weights.tolist()))
+    assert weight[(0, 0)] == 4 / 16 and weight[(1, 1)] == 8 / 16 and weight[(2, 2)] == 4 / 16
+    assert weight[(0, 2)] == 1.0 and weight[(1, 2)] == 12 / 16
+    start = dict(zip(spans.spans, spans.starts))
+    assert start[(0, 0)] == start[(0, 2)] == 0.0 and start[(1, 1)] == 8 / 20 and start[(2, 2)] == 15.5 / 20
+    assert torch.equal(spans.errors[spans.index((0, 2))], errors.amax(0))
+    assert torch.equal(spans.errors[spans.index((1, 1))], errors[1])
+    alone = probe_spans(errors, [4, 12, 19], None, 4)  # older statistics: no step count
+    assert alone.spans == ((0, 2),) and torch.equal(alone.errors[0], errors.amax(0))
+
+
+def test_the_partition_is_the_best_of_all():
+    import itertools
+
+    from sparse_vdit.plans.step_ranges import best_partition, probe_spans
+    probes = 5
+    spans = probe_spans(torch.zeros(probes, 1, 1, 1, dtype=torch.float64), list(range(probes)), probes, 0)
+    rng = random.Random(1)
+    for _ in range(20):
+        values = [rng.random() for _ in spans.spans]
+        for count in range(1, probes + 1):
+            chosen = best_partition(values.__getitem__, spans, probes, count)
+            runs = [spans.spans[n] for n in chosen]
+            assert len(runs) == count and runs[0][0] == 0 and runs[-1][1] == probes - 1
+            assert all(a[1] + 1 == b[0] for a, b in zip(runs, runs[1:]))
+            brute = min(sum(values[spans.index((a, b - 1))] for a, b in zip((0,) + cut, cut + (probes,)))
+                        for cut in itertools.combinations(range(1, probes), count - 1))
+            assert sum(values[n] for n in chosen) == pytest.approx(brute)
+
+
+def test_patterns_that_shift_get_their_own_step_range(planted):
+    from sparse_vdit.plans.search import errors_per_probe
+    _, stats = planted
+    assert solve_plan(stats, 0.5, 1.0).later_ranges == ()  # planted heads keep their shape: one range
+    moved = shifted(stats)
+    plan = solve_plan(moved, 0.5, 1.0)
+    assert len(plan.later_ranges) == 1 and plan.later_ranges[0].start == 0.25  # probes at steps 0 and 1 of 2
+    per_probe = errors_per_probe(moved)
+    for layers, errors in zip((plan.layers, plan.later_ranges[0].layers), per_probe):
+        assert layers == solve_plan_layers(moved, judge(errors, sparsity(moved), 0.5, 1.0))
+    late = plan.later_ranges[0].layers
+    assert all(late[l].is_dense for l in range(LAYERS // 2)) and not any(plan.layers[l].is_dense for l in range(LAYERS // 2))
+    assert plan.provenance["step_ranges"][1]["probe_steps"] == [1]
+    # one range asked: the worst probed step decides, as before
+    single = solve_plan(moved, 0.5, 1.0, step_ranges=1)
+    assert single.later_ranges == () and single.layers == solve_plan_layers(
+        moved, judge(normalised_errors(moved), sparsity(moved), 0.5, 1.0))
+    assert plan.provenance["predicted_attention_speedup"] > single.provenance["predicted_attention_speedup"]
+
+
+def solve_plan_layers(stats, choice):
+    from sparse_vdit.plans.search import _layers_of
+    return _layers_of(stats, choice)
+
+
+def test_speedup_target_with_step_ranges_has_less_error(planted):
+    from sparse_vdit.plans.search import errors_per_probe
+    _, stats = planted
+    moved = shifted(stats, layers=range(LAYERS - 1))
+    per_probe = errors_per_probe(moved)
+    ranged, single = solve_plan(moved, target_speedup=2.0), solve_plan(moved, target_speedup=2.0, step_ranges=1)
+    assert len(ranged.later_ranges) == 1 and single.later_ranges == ()
+
+    def error(layers, errors):
+        """Total error of a range's patterns at the probe it serves."""
+        total = 0.0
+        for l, layer in enumerate(layers):
+            for h, p in enumerate(layer.heads):
+                if p.name != "full":
+                    c = next(i for i, c in enumerate(moved.candidates) if c.pattern(moved.stripe_frames[l, h].tolist()) == p)
+                    total += float(errors[l, h, c])
+        return total
+
+    ranged_error = sum(error(layers, e) for layers, e in zip((ranged.layers, ranged.later_ranges[0].layers), per_probe))
+    single_error = sum(error(single.layers, e) for e in per_probe)
+    assert ranged_error < single_error
+    assert ranged.provenance["predicted_attention_speedup"] >= 2.0 - 1e-9
+    assert single.provenance["predicted_attention_speedup"] >= 2.0 - 1e-9
+
+
+@pytest.mark.parametrize("asked,message", [(3, "3 step ranges need at least 3 probed steps"), (0, "'auto' or a whole"),
+                                           ("two", "'auto' or a whole"), (True, "'auto' or a whole")])
+def test_bad_step_range_counts_are_refused(planted, asked, message):
+    with pytest.raises(PlanError, match=message):
+        solve_plan(planted[1], 0.5, 1.0, step_ranges=asked)
+
+
+def test_statistics_without_a_step_count_keep_one_range(planted):
+    moved = shifted(planted[1])
+    del moved.info["total_steps"]
+    assert solve_plan(moved, 0.5, 1.0).later_ranges == ()
+    with pytest.raises(PlanError, match="older"):
+        solve_plan(moved, 0.5, 1.0, step_ranges=2)
+
+
+def test_saved_statistics_resolve_to_the_same_ranged_plan(planted, tmp_path):
+    moved = shifted(planted[1])
+    path = str(tmp_path / "m.stats.safetensors")
+    save_statistics(moved, path)
+    loaded = load_statistics(path)
+    for kwargs in ({"lam": 0.5, "eps": 1.0}, {"target_speedup": 1.8}, {"step_ranges": "2"}):
+        assert plan_to_dict(solve_plan(loaded, **kwargs)) == plan_to_dict(solve_plan(moved, **kwargs))
