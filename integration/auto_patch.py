@@ -133,5 +133,6 @@ class AutoPatch(SparsePatch):
         save_statistics(stats, os.path.join(self.folder, name + STATS_SUFFIX))
         save_plan(plan, self.plan_path(geometry))
         self.plans[geometry] = plan
-        log.info("Sparse-vDiT auto: calibrated and saved %s.json (predicted attention speedup %.2fx); "
-                 "the next run with this model and grid uses it.", name, plan.provenance["predicted_attention_speedup"])
+        log.info("Sparse-vDiT auto: calibrated and saved %s.json (predicted attention speedup %.2fx, %s); "
+                 "the next run with this model and grid uses it.", name, plan.provenance["predicted_attention_speedup"],
+                 plan.describe_step_ranges())

@@ -19,6 +19,7 @@ from ..plans.cost import candidate_costs
 from ..plans.format import ModelShape, Plan, PlanError, save_plan
 from ..plans.search import solve_plan
 from ..plans.statistics import Statistics, save_statistics
+from ..plans.step_ranges import range_counts
 from .calibration_hook import CalibrationHook
 from .install import install_hook, require_model_info
 
@@ -47,7 +48,7 @@ def check_plan_name(name: str) -> str:
 
 def calibrate(model_patcher, sample: Callable[[object], object], *, plan_name: str, folder: str,
               lam: float = 0.5, eps: float = 1.0, probe_steps: int = 3, query_fraction: float = 0.1,
-              menu: str = "standard", warmup: float = 0.2, settings: dict | None = None,
+              menu: str = "standard", warmup: float = 0.2, step_ranges="auto", settings: dict | None = None,
               check_interrupt: Callable[[], None] = lambda: None, cost_cache: str | None = None) -> CalibrationResult:
     """sample(model) runs the dense sampling on the given (hooked) model."""
     info = require_model_info(model_patcher)
@@ -56,6 +57,7 @@ def calibrate(model_patcher, sample: Callable[[object], object], *, plan_name: s
         raise PlanError(f"unknown candidate menu {menu!r}; known: {', '.join(MENUS)}")
     if lam < 0 or eps < 0 or not 0 <= warmup < 1:
         raise PlanError("lambda and epsilon must be >= 0 and the warm-up in [0, 1)")
+    range_counts(step_ranges, probe_steps, True)  # a bad count fails before sampling
     shape = ModelShape(info.family, info.layers, info.heads, info.head_dim)
     calibrator = Calibrator(shape, MENUS[menu], probe_steps, query_fraction, warmup,
                             info={"menu": menu, **(settings or {})}, check_interrupt=check_interrupt)
@@ -68,7 +70,11 @@ def calibrate(model_patcher, sample: Callable[[object], object], *, plan_name: s
     cost, source = candidate_costs(calibrator.candidates, calibrator.geometry, info.heads, info.head_dim, device,
                                    cache_path=cost_cache, check_interrupt=check_interrupt)
     stats = calibrator.statistics(cost, source)
-    plan = solve_plan(stats, lam, eps, name=name, warmup=warmup, statistics=name + STATS_SUFFIX)
+    if str(step_ranges).isdigit() and int(step_ranges) > len(stats.probe_steps):
+        log.info("Sparse-vDiT: %s step ranges asked, but only %d steps were probed (a short run): using %d.",
+                 step_ranges, len(stats.probe_steps), len(stats.probe_steps))
+        step_ranges = len(stats.probe_steps)
+    plan = solve_plan(stats, lam, eps, name=name, warmup=warmup, step_ranges=step_ranges, statistics=name + STATS_SUFFIX)
     check_interrupt()
     plan_path = os.path.join(folder, name + ".json")
     stats_path = os.path.join(folder, name + STATS_SUFFIX)
@@ -76,9 +82,10 @@ def calibrate(model_patcher, sample: Callable[[object], object], *, plan_name: s
     save_plan(plan, plan_path)
     seconds = time.perf_counter() - start
     log.info("Sparse-vDiT: calibrated '%s' in %.1f s (%s, probe steps %s); predicted attention speedup %.2fx; "
-             "%.0f%% of heads get the same pattern at every probed step; wrote %s and %s.", name, seconds,
+             "%.0f%% of heads get the same pattern at every probed step; %s; wrote %s and %s.", name, seconds,
              calibrator.geometry.describe(), calibrator.probe_steps, plan.provenance["predicted_attention_speedup"],
-             100 * plan.provenance["probe_agreement"]["same_at_every_probe"], plan_path, stats_path)
+             100 * plan.provenance["probe_agreement"]["same_at_every_probe"], plan.describe_step_ranges(),
+             plan_path, stats_path)
     return CalibrationResult(plan, stats, plan_path, stats_path, samples, seconds)
 
 

@@ -9,9 +9,10 @@ from ..integration.calibrate import calibrate
 from ..integration.install import apply_plan
 from ..integration.sampling import sample_latent
 from ..plans.candidates import MENUS
+from ..plans.step_ranges import CHOICES as STEP_RANGE_CHOICES
 from . import plan_files
 from .plan_files import register_plan_folder
-from .types import PlanType
+from .types import STEP_RANGES_TOOLTIP, PlanType
 
 
 class SparseVDiTCalibrate(io.ComfyNode):
@@ -47,6 +48,8 @@ class SparseVDiTCalibrate(io.ComfyNode):
                 io.Combo.Input("candidate_menu", options=list(MENUS), default="standard", optional=True),
                 io.Float.Input("dense_warmup", default=0.2, min=0.0, max=0.95, step=0.05, optional=True,
                                tooltip="Fraction of steps the plan keeps dense; probes start after it."),
+                io.Combo.Input("step_ranges", options=list(STEP_RANGE_CHOICES), default="auto", optional=True,
+                               tooltip=STEP_RANGES_TOOLTIP),
             ],
             outputs=[io.Model.Output(display_name="MODEL"), PlanType.Output(display_name="PLAN"),
                      io.Latent.Output(display_name="LATENT")],
@@ -55,7 +58,7 @@ class SparseVDiTCalibrate(io.ComfyNode):
     @classmethod
     def execute(cls, model, positive, negative, latent_image, seed, steps, cfg, sampler_name, scheduler, denoise,
                 lambda_cost, epsilon, probe_steps, query_fraction, plan_name, candidate_menu="standard",
-                dense_warmup=0.2) -> io.NodeOutput:
+                dense_warmup=0.2, step_ranges="auto") -> io.NodeOutput:
         register_plan_folder()
 
         def sample(hooked):
@@ -65,7 +68,7 @@ class SparseVDiTCalibrate(io.ComfyNode):
                     "denoise": denoise}
         result = calibrate(model, sample, plan_name=plan_name, folder=plan_files.user_plans_dir(), lam=lambda_cost,
                            eps=epsilon, probe_steps=probe_steps, query_fraction=query_fraction, menu=candidate_menu,
-                           warmup=dense_warmup, settings=settings,
+                           warmup=dense_warmup, step_ranges=step_ranges, settings=settings,
                            check_interrupt=comfy.model_management.throw_exception_if_processing_interrupted,
                            cost_cache=None)
         return io.NodeOutput(apply_plan(model, result.plan), result.plan, result.samples)

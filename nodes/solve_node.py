@@ -8,9 +8,10 @@ from comfy_api.latest import io
 from ..integration.calibrate import check_plan_name
 from ..plans.format import save_plan
 from ..plans.search import solve_plan
+from ..plans.step_ranges import CHOICES as STEP_RANGE_CHOICES
 from . import plan_files
 from .plan_files import load_named_statistics, statistics_names
-from .types import PlanType
+from .types import STEP_RANGES_TOOLTIP, PlanType
 
 
 class SparseVDiTSolvePlan(io.ComfyNode):
@@ -30,14 +31,17 @@ class SparseVDiTSolvePlan(io.ComfyNode):
                                tooltip="0: use lambda and epsilon. Otherwise the least-error plan predicted to make "
                                        "attention this many times faster."),
                 io.String.Input("plan_name", default="my_solved_plan"),
+                io.Combo.Input("step_ranges", options=list(STEP_RANGE_CHOICES), default="auto", optional=True,
+                               tooltip=STEP_RANGES_TOOLTIP),
             ],
             outputs=[PlanType.Output(display_name="PLAN")],
         )
 
     @classmethod
-    def execute(cls, statistics, lambda_cost, epsilon, target_speedup, plan_name) -> io.NodeOutput:
+    def execute(cls, statistics, lambda_cost, epsilon, target_speedup, plan_name, step_ranges="auto") -> io.NodeOutput:
         name = check_plan_name(plan_name)
         stats = load_named_statistics(statistics)
-        plan = solve_plan(stats, lambda_cost, epsilon, target_speedup, name=name, statistics=statistics)
+        plan = solve_plan(stats, lambda_cost, epsilon, target_speedup, name=name, step_ranges=step_ranges,
+                          statistics=statistics)
         save_plan(plan, os.path.join(plan_files.user_plans_dir(), name + ".json"))
         return io.NodeOutput(plan)

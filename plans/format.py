@@ -103,6 +103,12 @@ class Plan:
         """Every range, the first starting at 0."""
         return (StepRange(0.0, self.layers),) + self.later_ranges
 
+    def describe_step_ranges(self) -> str:
+        if not self.later_ranges:
+            return "one pattern per head for every sparse step"
+        starts = ", ".join(f"{100 * r.start:.0f}%" for r in self.later_ranges)
+        return f"{len(self.step_ranges)} step ranges (new patterns from {starts} of the steps)"
+
     def check_model(self, layers: int, heads: int, head_dim: int, what: str = "the loaded model") -> None:
         """Raise PlanError naming both shapes when the plan does not fit."""
         if (self.model.layers, self.model.heads, self.model.head_dim) != (layers, heads, head_dim):

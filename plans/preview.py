@@ -3,6 +3,8 @@ coloured by mode, density and block speedup per layer, and (with
 calibration statistics) small attention maps of a few heads of each mode."""
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from PIL import Image, ImageDraw, ImageFont
 
 from ..patterns import Geometry, compile_layer
@@ -20,18 +22,44 @@ def plan_geometry(plan: Plan) -> Geometry:
     return Geometry.from_dict(data) if isinstance(data, dict) else DEFAULT_GEOMETRY
 
 
+def _range_title(plan: Plan, index: int) -> str:
+    ranges = plan.step_ranges
+    end = f"{100 * ranges[index + 1].start:.0f}%" if index + 1 < len(ranges) else "end"
+    return f"steps {100 * ranges[index].start:.0f}% - {end}"
+
+
+@dataclass(frozen=True)
+class GridLayout:
+    """Where the cells are: head h of layer l in panel (step range) r has its
+    top-left corner at (left + r * panel_w + h * cell, top + l * cell)."""
+    cell: int
+    left: int
+    top: int
+    panel_w: int
+
+    def cell_origin(self, r: int, l: int, h: int) -> tuple[int, int]:
+        return self.left + r * self.panel_w + h * self.cell, self.top + l * self.cell
+
+
+def grid_layout(plan: Plan) -> GridLayout:
+    ranges, heads, layers = len(plan.step_ranges), plan.model.heads, plan.model.layers
+    cell = max(6, min(24, 720 // max(heads * ranges, 1), 900 // max(layers, 1)))
+    return GridLayout(cell, 44, 78 if ranges > 1 else 64, heads * cell + 12 + 130)
+
+
 def render_plan(plan: Plan, stats: Statistics | None = None, thumbs_per_mode: int = 3) -> Image.Image:
+    """One panel per step range (most plans have one), side by side."""
     font = ImageFont.load_default()
     geometry = plan_geometry(plan)
-    layers, heads = plan.model.layers, plan.model.heads
-    cell = max(6, min(24, 720 // max(heads, 1), 900 // max(layers, 1)))
-    left, top, text_w = 44, 64, 190
+    layers, heads, ranges = plan.model.layers, plan.model.heads, plan.step_ranges
+    layout = grid_layout(plan)
+    cell, left, top, panel_w = layout.cell, layout.left, layout.top, layout.panel_w
     grid_w, grid_h = heads * cell, layers * cell
-    densities = [compile_layer(layer, geometry).density() for layer in plan.layers]
+    densities = [[compile_layer(layer, geometry).density() for layer in r.layers] for r in ranges]
 
     thumb_rows = []
     if stats is not None and stats.thumbnails.numel():
-        for mode in COLOURS:
+        for mode in COLOURS:  # the thumbnails come from the first probed step: the first range
             found = [(l, h) for l, layer in enumerate(plan.layers) for h, p in enumerate(layer.heads) if p.name == mode]
             if found:
                 step = max(1, len(found) // thumbs_per_mode)
@@ -40,16 +68,23 @@ def render_plan(plan: Plan, stats: Statistics | None = None, thumbs_per_mode: in
     th, tw = (stats.thumbnails.shape[-2] * thumb_scale, stats.thumbnails.shape[-1] * thumb_scale) if thumb_rows else (0, 0)
     thumbs_h = (len(thumb_rows) * (th + 18) + 24) if thumb_rows else 0
 
-    width = max(left + grid_w + 12 + text_w, 560, left + thumbs_per_mode * (tw + 10) + 120)
+    width = max(left + len(ranges) * panel_w, 560, left + thumbs_per_mode * (tw + 10) + 120)
     height = top + grid_h + 30 + thumbs_h
     image = Image.new("RGB", (width, height), BACKGROUND)
     draw = ImageDraw.Draw(image)
 
-    counts = plan.density_summary()
-    mean_density = sum(densities) / len(densities)
+    counts: dict[str, int] = {}
+    for r in ranges:
+        for mode, n in plan.density_summary(r.layers).items():
+            counts[mode] = counts.get(mode, 0) + n
+    mean_density = sum(densities[0]) / len(densities[0])
     draw.text((8, 6), f"{plan.name}  |  {plan.model.describe()}", fill=INK, font=font)
-    draw.text((8, 20), f"{plan.provenance.get('kind', '?')}; at {geometry.describe()}: mean density {mean_density:.3f}, "
-                       f"block speedup {1 / max(mean_density, 1e-9):.2f}x", fill=INK, font=font)
+    summary = (f"{plan.provenance.get('kind', '?')}; at {geometry.describe()}: mean density {mean_density:.3f}, "
+               f"block speedup {1 / max(mean_density, 1e-9):.2f}x")
+    if len(ranges) > 1:
+        summary = (f"{plan.provenance.get('kind', '?')}; at {geometry.describe()}; {plan.describe_step_ranges()}; "
+                   "the legend counts heads over all ranges")
+    draw.text((8, 20), summary, fill=INK, font=font)
     x = 8
     for mode, colour in COLOURS.items():
         draw.rectangle([x, 38, x + 10, 48], fill=colour, outline=INK)
@@ -57,20 +92,26 @@ def render_plan(plan: Plan, stats: Statistics | None = None, thumbs_per_mode: in
         draw.text((x + 14, 37), label, fill=INK, font=font)
         x += 24 + int(draw.textlength(label, font=font))
 
-    for l, layer in enumerate(plan.layers):
-        y = top + l * cell
-        if cell >= 10 or l % 5 == 0:
-            draw.text((4, y + max(0, cell // 2 - 6)), f"{l:>3}", fill=INK, font=font)
-        for h, pattern in enumerate(layer.heads):
-            x0 = left + h * cell
-            draw.rectangle([x0, y, x0 + cell - 2, y + cell - 2], fill=COLOURS.get(pattern.name, (255, 0, 255)))
-        bar_x = left + grid_w + 12
-        draw.rectangle([bar_x, y + 1, bar_x + int(60 * densities[l]), y + cell - 3], fill=(120, 120, 200))
-        if cell >= 10 or l % 5 == 0:
-            draw.text((bar_x + 64, y + max(0, cell // 2 - 6)),
-                      f"d {densities[l]:.2f}  {1 / max(densities[l], 1e-9):.1f}x", fill=INK, font=font)
+    for r, step_range in enumerate(ranges):
+        x_panel = left + r * panel_w
+        if len(ranges) > 1:
+            mean = sum(densities[r]) / len(densities[r])
+            draw.text((x_panel, top - 16), f"{_range_title(plan, r)}: density {mean:.2f}, {1 / max(mean, 1e-9):.1f}x",
+                      fill=INK, font=font)
+        for l, layer in enumerate(step_range.layers):
+            y = top + l * cell
+            if r == 0 and (cell >= 10 or l % 5 == 0):
+                draw.text((4, y + max(0, cell // 2 - 6)), f"{l:>3}", fill=INK, font=font)
+            for h, pattern in enumerate(layer.heads):
+                x0, y = layout.cell_origin(r, l, h)
+                draw.rectangle([x0, y, x0 + cell - 2, y + cell - 2], fill=COLOURS.get(pattern.name, (255, 0, 255)))
+            bar_x = x_panel + grid_w + 12
+            density = densities[r][l]
+            draw.rectangle([bar_x, y + 1, bar_x + int(60 * density), y + cell - 3], fill=(120, 120, 200))
+            if cell >= 10 or l % 5 == 0:
+                draw.text((bar_x + 64, y + max(0, cell // 2 - 6)), f"d {density:.2f}  {1 / max(density, 1e-9):.1f}x",
+                          fill=INK, font=font)
     draw.text((left, top + grid_h + 6), "heads ->", fill=INK, font=font)
-
     y = top + grid_h + 30
     if thumb_rows:
         draw.text((8, y), "attention maps (sampled queries x keys, calibration)", fill=INK, font=font)

@@ -96,9 +96,9 @@ def predicted_speedup(stats: Statistics, choice: torch.Tensor) -> float:
     return float(stats.cost[-1]) * choice.numel() / max(total, 1e-12)
 
 
-def relative_cost(stats: Statistics, choice: torch.Tensor) -> float:
-    """Attention time of a choice as a share of all heads full."""
-    return float(choice_cost(stats, choice).sum()) / (float(stats.cost[-1]) * choice.numel())
+def relative_cost(stats: Statistics, choice: torch.Tensor) -> torch.Tensor:
+    """Attention time of a choice ([..., L, H]) as a share of all heads full: [...]."""
+    return choice_cost(stats, choice).sum((-2, -1)) / (float(stats.cost[-1]) * choice.shape[-2] * choice.shape[-1])
 
 
 def _as_choice(index: torch.Tensor, candidates: int) -> torch.Tensor:
@@ -114,29 +114,30 @@ def _spans(stats: Statistics, warmup: float) -> ProbeSpans:
 
 @dataclass
 class Solution:
-    """The chosen spans of probes and the choice of each ([L, H], FULL = dense)."""
+    """Chosen spans of probes (in order), and per span of all spans its
+    choice ([N, L, H], FULL = dense) and relative cost ([N])."""
     spans: ProbeSpans
     chosen: list[int]
-    choices: list[torch.Tensor]
+    choices: torch.Tensor
+    span_cost: torch.Tensor
 
-    def weighted(self, per_span) -> float:
-        return sum(float(self.spans.weights[n]) * per_span(c) for n, c in zip(self.chosen, self.choices))
+    def cost(self) -> float:
+        """Predicted attention time over the sparse steps, as a share of dense."""
+        return float(sum(self.spans.weights[n] * self.span_cost[n] for n in self.chosen))
 
 
 def _judge_ranges(stats: Statistics, spans: ProbeSpans, lam: float, eps: float, counts: list[int]) -> Solution:
-    sparsity_ = sparsity(stats)
-    choices = [judge(errors, sparsity_, lam, eps) for errors in spans.errors]
-    values = [float(w) * relative_cost(stats, c) for w, c in zip(spans.weights, choices)]
-    solutions = {}
-    for count in counts:
-        chosen = best_partition(values.__getitem__, spans, len(stats.probe_steps), count)
-        solutions[count] = Solution(spans, chosen, [choices[n] for n in chosen])
-    costs = {count: sol.weighted(lambda c: relative_cost(stats, c)) for count, sol in solutions.items()}
+    choices = judge(spans.errors, sparsity(stats), lam, eps)
+    span_cost = relative_cost(stats, choices)
+    values = (spans.weights * span_cost).tolist()
+    solutions = {count: Solution(spans, best_partition(values.__getitem__, spans, len(stats.probe_steps), count),
+                                 choices, span_cost) for count in counts}
+    costs = {count: solution.cost() for count, solution in solutions.items()}
     return solutions[fewest_that_pay(costs, COST_MARGIN)]
 
 
 def _speedup_ranges(stats: Statistics, spans: ProbeSpans, target: float, counts: list[int],
-                    iterations: int = 60) -> Solution:
+                    iterations: int = 50) -> Solution:
     """Each count of ranges: the Lagrangian min of weighted error + mu x
     weighted cost over spans and choices, with mu bisected to the budget."""
     if target < 1:
@@ -146,44 +147,42 @@ def _speedup_ranges(stats: Statistics, spans: ProbeSpans, target: float, counts:
     errors_all = torch.cat([spans.errors, torch.zeros(*spans.errors.shape[:-1], 1, dtype=torch.float64)], -1)
     probes = len(stats.probe_steps)
 
-    def pick(mu: float, count: int) -> Solution:
-        score = errors_all + mu * cost
-        best, index = score.min(-1)
+    def pick(mu: float, count: int) -> tuple[Solution, torch.Tensor]:
+        best, index = (errors_all + mu * cost).min(-1)
         values = (best.sum((1, 2)) * spans.weights).tolist()
         chosen = best_partition(values.__getitem__, spans, probes, count)
-        return Solution(spans, chosen, [_as_choice(index[n], C) for n in chosen])
+        choices = _as_choice(index, C)
+        return Solution(spans, chosen, choices, relative_cost(stats, choices)), index
 
-    def error(solution: Solution) -> float:
-        return sum(float(spans.weights[n]) * float(errors_all[n].gather(-1, c.where(c != FULL, C)[..., None]).sum())
-                   for n, c in zip(solution.chosen, solution.choices))
-
-    def weighted_cost(solution: Solution) -> float:
-        return solution.weighted(lambda c: relative_cost(stats, c))
+    def error(solution: Solution, index: torch.Tensor) -> float:
+        span_error = errors_all.gather(-1, index[..., None]).sum((1, 2, 3))
+        return float(sum(spans.weights[n] * span_error[n] for n in solution.chosen))
 
     budget = 1.0 / target
-    cheapest = pick(1e30, 1)
-    if weighted_cost(cheapest) > budget * (1 + 1e-9):
+    cheapest = pick(1e30, 1)[0]
+    if cheapest.cost() > budget * (1 + 1e-9):
         raise PlanError(f"a {target:.2f}x attention speedup is out of reach for these candidates "
-                        f"(at most {1 / weighted_cost(cheapest):.2f}x)")
-    solutions = {}
+                        f"(at most {1 / cheapest.cost():.2f}x)")
+    solutions, errors = {}, {}
     for count in counts:
         low, high = 0.0, 1.0
-        while weighted_cost(pick(high, count)) > budget:
+        while pick(high, count)[0].cost() > budget:
             high *= 2
         for _ in range(iterations):
             mid = (low + high) / 2
-            if weighted_cost(pick(mid, count)) > budget:
+            if pick(mid, count)[0].cost() > budget:
                 low = mid
             else:
                 high = mid
-        solutions[count] = pick(high, count)
-    errors = {count: error(sol) for count, sol in solutions.items()}
+        solutions[count], index = pick(high, count)
+        errors[count] = error(solutions[count], index)
     return solutions[fewest_that_pay(errors, ERROR_MARGIN * errors[min(errors)])]
 
 
 def solve_for_speedup(stats: Statistics, target: float) -> torch.Tensor:
     """One choice for every sparse step: [L, H]."""
-    return _speedup_ranges(stats, _spans(stats, 0.0), target, [1]).choices[0]
+    solution = _speedup_ranges(stats, _spans(stats, 0.0), target, [1])
+    return solution.choices[solution.chosen[0]]
 
 
 def _layers_of(stats: Statistics, choice: torch.Tensor) -> tuple[LayerPattern, ...]:
@@ -199,16 +198,16 @@ def _layers_of(stats: Statistics, choice: torch.Tensor) -> tuple[LayerPattern, .
 
 def plan_from_solution(stats: Statistics, solution: Solution, name: str, warmup: float, settings: dict) -> Plan:
     spans, probe_steps = solution.spans, stats.probe_steps.tolist()
-    ranges = [StepRange(spans.starts[n], _layers_of(stats, choice)) for n, choice in zip(solution.chosen, solution.choices)]
+    ranges = [StepRange(spans.starts[n], _layers_of(stats, solution.choices[n])) for n in solution.chosen]
     described = [{"from_step_fraction": round(spans.starts[n], 6),
                   "probe_steps": probe_steps[spans.spans[n][0]: spans.spans[n][1] + 1],
                   "share_of_sparse_steps": round(float(spans.weights[n]), 4),
-                  "predicted_attention_speedup": round(1 / max(relative_cost(stats, c), 1e-12), 3)}
-                 for n, c in zip(solution.chosen, solution.choices)]
+                  "predicted_attention_speedup": round(1 / max(float(solution.span_cost[n]), 1e-12), 3)}
+                 for n in solution.chosen]
     provenance = {
         "kind": "calibrated", "geometry": stats.geometry.to_dict(), **settings,
         "error_unit": ERROR_UNIT, "cost_source": stats.cost_source,
-        "predicted_attention_speedup": round(1 / max(solution.weighted(lambda c: relative_cost(stats, c)), 1e-12), 3),
+        "predicted_attention_speedup": round(1 / max(solution.cost(), 1e-12), 3),
         "probe_steps": probe_steps, "step_ranges": described, "calibration": stats.info,
         "software": f"sparse-vdit {__version__}", "date": stats.info.get("date") or datetime.date.today().isoformat(),
     }

@@ -23,6 +23,8 @@ import torch
 from .format import PlanError
 
 AUTO = "auto"
+MAX_AUTO_RANGES = 4
+CHOICES = (AUTO,) + tuple(str(n) for n in range(1, MAX_AUTO_RANGES + 1))  # what the nodes offer
 
 
 @dataclass(frozen=True)
@@ -84,9 +86,10 @@ def best_partition(value: Callable[[int], float], spans: ProbeSpans, probes: int
 
 
 def range_counts(requested, probes: int, has_boundaries: bool) -> list[int]:
-    """The numbers of ranges to try: every one up to the probes for auto."""
+    """The numbers of ranges to try: for auto, every one up to the probes (at
+    most MAX_AUTO_RANGES: beyond, a range holds too few probes to trust)."""
     if requested == AUTO or requested is None:
-        return list(range(1, probes + 1)) if has_boundaries else [1]
+        return list(range(1, min(probes, MAX_AUTO_RANGES) + 1)) if has_boundaries else [1]
     if isinstance(requested, str) and requested.isdigit():
         requested = int(requested)
     if isinstance(requested, bool) or not isinstance(requested, int) or requested < 1:

@@ -21,14 +21,14 @@ def folder(comfy, tmp_path, monkeypatch):
     return tmp_path
 
 
-def run_calibration(model, positive, negative, name="tiny_cal", epsilon=1.0):
+def run_calibration(model, positive, negative, name="tiny_cal", epsilon=1.0, **optional):
     from sparse_vdit.nodes.calibrate_node import SparseVDiTCalibrate
 
     latent = {"samples": H.empty_latent()}
     return SparseVDiTCalibrate.execute(model=model, positive=positive, negative=negative, latent_image=latent, seed=11,
                                        steps=STEPS, cfg=4.0, sampler_name="euler", scheduler="simple", denoise=1.0,
                                        lambda_cost=0.5, epsilon=epsilon, probe_steps=2, query_fraction=0.5,
-                                       plan_name=name, dense_warmup=0.25).result
+                                       plan_name=name, dense_warmup=0.25, **optional).result
 
 
 def test_calibrate_writes_plan_and_statistics_and_gives_the_dense_latent(folder):
@@ -76,6 +76,31 @@ def test_solve_reproduces_the_calibrated_plan_and_larger_epsilon_is_never_denser
     assert density[0] == pytest.approx(2.0)  # epsilon 0: everything full (no candidate is free of error and cost)
 
 
+def test_calibrate_and_solve_with_two_step_ranges(folder):
+    """Two ranges asked: probes at steps 1 and 3 of 4 split at step 2; the
+    plan file carries both, the Patch node serves it, Solve reproduces it."""
+    from sparse_vdit.nodes.patch_node import SparseVDiTPatch
+    from sparse_vdit.nodes.solve_node import SparseVDiTSolvePlan
+    from sparse_vdit.plans.format import load_plan, plan_to_dict
+
+    model = H.tiny_wan_model(seed=0)
+    positive, negative = H.make_conds(model, seed=1)
+    _, plan, _ = run_calibration(model, positive, negative, name="ranged", epsilon=5.0, step_ranges="2")
+    saved = load_plan(str(folder / "ranged.json"))
+    assert plan_to_dict(saved) == plan_to_dict(plan) and [r.start for r in saved.step_ranges] == [0.0, 0.5]
+    assert [r["probe_steps"] for r in saved.provenance["step_ranges"]] == [[1], [3]]
+    again = SparseVDiTSolvePlan.execute(statistics="ranged.stats.safetensors", lambda_cost=0.5, epsilon=5.0,
+                                        target_speedup=0.0, plan_name="ranged", step_ranges="2").result[0]
+    assert plan_to_dict(again) == plan_to_dict(plan)
+    one = SparseVDiTSolvePlan.execute(statistics="ranged.stats.safetensors", lambda_cost=0.5, epsilon=5.0,
+                                      target_speedup=0.0, plan_name="one", step_ranges="1").result[0]
+    assert one.later_ranges == () and one.provenance["step_ranges"][0]["probe_steps"] == [1, 3]
+    patched = SparseVDiTPatch.execute(model=model, plan="ranged.json", backend="reference").result[0]
+    H.sample(patched, positive, negative, seed=3, steps=STEPS)
+    hook = patched.model_options["transformer_options"]["optimized_attention_override"]
+    assert hook.plan.later_ranges == saved.later_ranges and hook.counts.get("dense:error", 0) == 0
+
+
 def test_interrupt_mid_calibration_leaves_no_file(folder, monkeypatch):
     import comfy.model_management as mm
     from sparse_vdit.plans import calibrator
@@ -112,6 +137,8 @@ def test_bad_calibration_input_fails_before_sampling(folder, monkeypatch):
             run_calibration(model, positive, negative, name=name)
     with pytest.raises(PlanError, match="epsilon"):
         run_calibration(model, positive, negative, epsilon=-1)
+    with pytest.raises(PlanError, match="3 step ranges need at least 3 probed steps"):
+        run_calibration(model, positive, negative, step_ranges="3")
     assert not sampled and os.listdir(folder) == []
 
 

@@ -105,9 +105,11 @@ def main():
 
     plans = {}
     for eps in EPSILONS:
-        plans[f"eps {eps:g}"] = solve_plan(stats, lam=0.5, eps=eps, name=f"eps {eps:g}", warmup=common.WARMUP)
+        plans[f"eps {eps:g}"] = solve_plan(stats, lam=0.5, eps=eps, name=f"eps {eps:g}", warmup=common.WARMUP,
+                                           step_ranges=1)
     for t in TARGETS:
-        plans[f"target {t}x"] = solve_plan(stats, target_speedup=t, name=f"target {t}x", warmup=common.WARMUP)
+        plans[f"target {t}x"] = solve_plan(stats, target_speedup=t, name=f"target {t}x", warmup=common.WARMUP,
+                                           step_ranges=1)
     thorough_path = os.path.join(args.work, "yardstick_thorough.stats.safetensors")
     if os.path.exists(thorough_path):
         thorough = load_statistics(thorough_path)
@@ -115,7 +117,15 @@ def main():
         thorough = common.calibrate(patcher, args.work, name="yardstick_thorough", **THOROUGH).statistics
     for t in THOROUGH_TARGETS:
         name = f"target {t}x (5 probes, all queries)"
-        plans[name] = solve_plan(thorough, target_speedup=t, name=name, warmup=common.WARMUP)
+        plans[name] = solve_plan(thorough, target_speedup=t, name=name, warmup=common.WARMUP, step_ranges=1)
+    # the same statistics and targets, with step ranges where the solver finds they pay
+    for source, targets, suffix in ((stats, TARGETS, ""), (thorough, THOROUGH_TARGETS, " (5 probes, all queries)")):
+        for t in targets:
+            name = f"target {t}x{suffix}, step ranges"
+            plans[name] = solve_plan(source, target_speedup=t, name=name, warmup=common.WARMUP, step_ranges="auto")
+        for eps in EPSILONS if source is stats else ():
+            name = f"eps {eps:g}, step ranges"
+            plans[name] = solve_plan(source, lam=0.5, eps=eps, name=name, warmup=common.WARMUP, step_ranges="auto")
     for key in BASELINES_FOR:
         d = common.plan_density(plans[key])
         for kind in ("spatial", "temporal", "radial"):
@@ -130,7 +140,8 @@ def main():
     cache = {}
     out_path = os.path.join(common.RESULTS, "yardstick_quality.json")
     for name, plan in plans.items():
-        key = json.dumps(plan_to_dict(plan)["layers"])
+        layout = plan_to_dict(plan)
+        key = json.dumps([layout["layers"], layout.get("later_step_ranges")])
         d = common.plan_density(plan)
         if key in cache:
             x, secs = cache[key]
@@ -148,9 +159,11 @@ def main():
             "ssim": round(float(s.mean()), 4), "ssim_min": round(float(s.min()), 4),
             "psnr_per_prompt": [round(float(v), 2) for v in p], "modes": counts,
             "predicted_speedup_solver": plan.provenance.get("predicted_attention_speedup"),
-            "plan": plan_to_dict(plan)["layers"], "seconds": round(secs, 1)}
+            "step_ranges": [{"from_step_fraction": r.start, "modes": plan.density_summary(r.layers)}
+                            for r in plan.step_ranges],
+            "plan": layout["layers"], "later_step_ranges": layout.get("later_step_ranges"), "seconds": round(secs, 1)}
         print(f"{name:28s} density {d:.3f} speedup {1 / d:.2f}x PSNR {float(p.mean()):6.2f} dB "
-              f"SSIM {float(s.mean()):.4f} {counts} {secs:.0f}s", flush=True)
+              f"SSIM {float(s.mean()):.4f} {counts} ranges {len(plan.step_ranges)} {secs:.0f}s", flush=True)
         doc = {"setup": {"model": "yardstick/wan_tiny_yardstick.safetensors", "held_out_prompts": list(classes),
                          "calibration_prompts": list(common.CALIB_CLASSES), "seed": SEED, "steps": common.STEPS,
                          "sampler": common.SAMPLER, "scheduler": common.SCHEDULER, "cfg": common.CFG, "shift": 8.0,
@@ -163,6 +176,12 @@ def main():
     write_md(doc)
 
 
+def _ranges(result: dict) -> str:
+    ranges = result.get("step_ranges") or [{"from_step_fraction": 0.0}]
+    return "1" if len(ranges) == 1 else f"{len(ranges)} (from " + ", ".join(
+        f"{100 * r['from_step_fraction']:.0f}%" for r in ranges) + ")"
+
+
 def write_md(doc):
     r = doc["results"]
     lines = ["# Yardstick quality: calibrated plans vs static baselines", "",
@@ -172,14 +191,14 @@ def write_md(doc):
              "20% of steps, reference backend on CPU. PSNR/SSIM against the dense output of the same seed, on the "
              "LATENTS (no VAE; data range [-1, 1]). Density: block pairs computed (128 x 64 blocks); speedup = "
              "1 / density on sparse steps (block count, CPU), and over the whole run including the dense warm-up.", "",
-             "| plan | kind | density | speedup (sparse steps) | speedup (whole run) | PSNR dB (min) | SSIM (min) | modes |",
-             "|---|---|---|---|---|---|---|---|"]
+             "| plan | kind | density | speedup (sparse steps) | speedup (whole run) | PSNR dB (min) | SSIM (min) | step ranges | modes (first range) |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for name, v in r.items():
         if name == "dense":
             continue
         lines.append(f"| {name} | {v['kind']} | {v['density']:.3f} | {v['speedup_sparse_steps']:.2f}x | "
                      f"{v['speedup_whole_run']:.2f}x | {v['psnr_db']:.2f} ({v['psnr_db_min']:.2f}) | "
-                     f"{v['ssim']:.4f} ({v['ssim_min']:.4f}) | {v['modes']} |")
+                     f"{v['ssim']:.4f} ({v['ssim_min']:.4f}) | {_ranges(v)} | {v['modes']} |")
     path = os.path.join(common.RESULTS, "yardstick_quality.md")
     with open(path, "w") as f:
         f.write("\n".join(lines) + "\n")

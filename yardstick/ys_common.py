@@ -110,11 +110,15 @@ def token_geometry():
     return Geometry(t, h // 2, w // 2)
 
 
-def plan_density(plan) -> float:
+def plan_density(plan, steps: int = STEPS, warmup: float = WARMUP) -> float:
+    """Mean block density over the sparse steps (each step's own range)."""
     from sparse_vdit.patterns import compile_layer
 
     g = token_geometry()
-    return sum(compile_layer(l, g).density() for l in plan.layers) / len(plan.layers)
+    sparse_steps = range(math.ceil(warmup * steps - 1e-9), steps)
+    per_step = [sum(compile_layer(l, g).density() for l in plan.layers_at(s, steps)) / len(plan.layers)
+                for s in sparse_steps]
+    return sum(per_step) / len(per_step)
 
 
 def whole_run_speedup(step_speedup: float, warmup: float = WARMUP, steps: int = STEPS) -> float:

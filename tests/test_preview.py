@@ -1,0 +1,34 @@
+"""The plan picture: every cell of every step range shows its head's mode."""
+from dataclasses import replace
+
+from sparse_vdit.patterns import Diagonal, Full, LayerPattern, MultiDiagonal, Skip, VerticalStripe
+from sparse_vdit.plans.format import DenseSchedule, ModelShape, Plan, StepRange
+from sparse_vdit.plans.preview import COLOURS, grid_layout, render_plan
+
+FIRST = (LayerPattern((Diagonal(1), Full(), VerticalStripe((0,)))), LayerPattern((Skip(), MultiDiagonal(1), Full())))
+LATER = (LayerPattern((Full(), Full(), Skip())), LayerPattern((Diagonal(0), VerticalStripe((0,)), MultiDiagonal(1))))
+PLAN = Plan("preview test", ModelShape("wan", 2, 3, 64), FIRST, DenseSchedule(0.2), {"kind": "static-baseline"})
+
+
+def cell_colours(image, plan):
+    layout = grid_layout(plan)
+    centre = layout.cell // 2 - 1
+    return [[[image.getpixel((x + centre, y + centre)) for x, y in
+              (layout.cell_origin(r, l, h) for h in range(plan.model.heads))] for l in range(plan.model.layers)]
+            for r in range(len(plan.step_ranges))]
+
+
+def expected_colours(*ranges):
+    return [[[COLOURS[p.name] for p in layer.heads] for layer in layers] for layers in ranges]
+
+
+def test_one_range_draws_one_grid():
+    image = render_plan(PLAN)
+    assert cell_colours(image, PLAN) == expected_colours(FIRST)
+
+
+def test_each_step_range_gets_its_own_grid():
+    ranged = replace(PLAN, later_ranges=(StepRange(0.6, LATER),))
+    image = render_plan(ranged)
+    assert cell_colours(image, ranged) == expected_colours(FIRST, LATER)
+    assert image.width >= grid_layout(ranged).left + 2 * grid_layout(ranged).panel_w
