@@ -68,6 +68,9 @@ def judge(errors: torch.Tensor, sparsity_: torch.Tensor, lam: float, eps: float)
     if lam < 0 or eps < 0:
         raise PlanError(f"lambda and epsilon must be >= 0, got {lam} and {eps}")
     score = errors + lam * (1.0 - sparsity_)
+    # A candidate no cheaper than full on this GPU (tiny sizes, launch-bound)
+    # has nothing to offer over full: never pick it.
+    score = torch.where(sparsity_ > 0, score, torch.full_like(score, math.inf))
     best_score, best = score.min(dim=-1)
     return torch.where(best_score > eps, torch.full_like(best, FULL), best)
 

@@ -55,6 +55,9 @@ def test_judger_keeps_full_when_every_candidate_fails():
     assert judge(errors.double(), sparse, 0.5, 0.05).tolist() == [[FULL, FULL]]
     with pytest.raises(PlanError):
         judge(errors.double(), sparse, -1.0, 1.0)
+    # measured on a GPU where candidate 0 is no faster than full: never chosen, even at no error
+    slower = torch.tensor([0.0, -0.2, 0.2], dtype=torch.float64)
+    assert judge(torch.tensor([[[0.0, 0.0, 3.0], [0.0, 9.0, 0.1]]]).double(), slower, 0.5, 1.0).tolist() == [[FULL, 2]]
 
 
 def test_larger_epsilon_is_never_denser(planted):
