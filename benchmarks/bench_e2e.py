@@ -22,6 +22,7 @@ Run on the device machine:
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import platform
@@ -145,8 +146,9 @@ def flex_patch_class():
     return FlexPatch
 
 
-def step_options(override=None, wrapper=None) -> dict:
-    options = {"sigmas": torch.tensor([0.5, 0.5]), "sample_sigmas": torch.linspace(1, 0, STEPS + 1)}
+def step_options(override=None, wrapper=None, sigma: float = 0.5) -> dict:
+    """Options of one forward at `sigma` of a STEPS-step schedule (0.5: step 25)."""
+    options = {"sigmas": torch.tensor([sigma, sigma]), "sample_sigmas": torch.linspace(1, 0, STEPS + 1)}
     if override is not None:
         options["optimized_attention_override"] = override
     if wrapper is not None:
@@ -154,11 +156,12 @@ def step_options(override=None, wrapper=None) -> dict:
     return options
 
 
-def time_step(model, inputs, make_options, repeats: int, device) -> tuple[float, float]:
+def time_step(model, inputs, make_options, repeats: int, device, warmups: int = 1) -> tuple[float, float]:
     """(median ms of one forward, peak GB)."""
     x, t, context = inputs
     with torch.no_grad():
-        model(x, t, context, transformer_options=make_options())  # warm-up: kernels, tables
+        for _ in range(warmups):  # kernels, tables (of every step range)
+            model(x, t, context, transformer_options=make_options())
         if device.type == "cuda":
             torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats()
@@ -195,10 +198,10 @@ def run_e2e(name: str, config: dict, wan, attention, ops, kitchen, device, dtype
     backend = "auto" if device.type == "cuda" else "reference"
     rows = {} if rows is None else rows
 
-    def record(label, make_options, **extra):
+    def record(label, make_options, warmups: int = 1, **extra):
         if only and label != "cudnn-sdpa" and not label.startswith(only):
             return
-        ms, peak = time_step(model, inputs, make_options, repeats, device)
+        ms, peak = time_step(model, inputs, make_options, repeats, device, warmups)
         rows[label] = {"step_ms": ms, "peak_gb": peak, **extra}
         print(f"  {name} {label:<26} {ms:10.1f} ms  peak {peak:6.2f} GB", flush=True)
         save()
@@ -217,11 +220,16 @@ def run_e2e(name: str, config: dict, wan, attention, ops, kitchen, device, dtype
     for density in densities:
         plan = mixed_plan(info.layers, info.heads, info.head_dim, geometry, density)
         plans[f"sparse d={density}"] = plan
+    if densities:  # a plan with two step ranges of equal density: what switching per step costs
+        plans[f"ranged d={densities[0]}"] = ranged_plan(plans[f"sparse d={densities[0]}"])
     for label, plan in plans.items():
         patch = SparsePatch(plan, info, DenseSchedule(0.0), previous=cudnn_override if device.type == "cuda" else None,
                             backend=backend)
         density = sum(compile_layer(layer, geometry).density() for layer in plan.layers) / len(plan.layers)
-        record(label, lambda: step_options(patch, patch.wrap_forward), plan_name=plan.name, density=density)
+        # steps 10 and 40 of 50 in turn: the first range, then the later one
+        sigmas = itertools.cycle((0.8, 0.2) if plan.later_ranges else (0.5,))
+        record(label, lambda: step_options(patch, patch.wrap_forward, next(sigmas)), warmups=1 + len(plan.later_ranges),
+               plan_name=plan.name, density=density)
         if label in rows:
             rows[label]["calls"] = dict(patch.counts)
         if device.type == "cuda" and label.startswith("sparse"):  # the same plan on FlexAttention
@@ -244,6 +252,18 @@ def run_e2e(name: str, config: dict, wan, attention, ops, kitchen, device, dtype
         torch.cuda.empty_cache()
     return {"geometry": geometry.describe(), "layers": info.layers, "heads": info.heads, "rows": rows,
             "captured": None}
+
+
+def ranged_plan(plan):
+    """The plan, plus a later range from half-way whose layers give each
+    head its neighbour's pattern: the same density, different tables."""
+    from dataclasses import replace
+
+    from sparse_vdit.patterns import LayerPattern
+    from sparse_vdit.plans.format import StepRange
+
+    rotated = tuple(LayerPattern(layer.heads[1:] + layer.heads[:1]) for layer in plan.layers)
+    return replace(plan, name=plan.name + " + rotated range", later_ranges=(StepRange(0.5, rotated),))
 
 
 def capture_layer_qkv(wan, ops, config, device, dtype):

@@ -1,6 +1,7 @@
 """The attention override's routing, without ComfyUI: what it serves, what
 it passes down the chain, and that failures fall back to dense."""
 import logging
+import os
 
 import pytest
 import torch
@@ -191,3 +192,27 @@ def test_unknown_model_comes_back_unpatched_with_one_log_line(caplog):
         out = apply_plan(original, PLAN)
     assert out is not original and "optimized_attention_override" not in out.model_options["transformer_options"]
     assert [r.message for r in caplog.records if "not a model this pack supports" in r.message] != []
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available() or os.environ.get("TRITON_INTERPRET") == "1",
+                    reason="needs a CUDA GPU (and no interpreter)")
+def test_step_ranges_on_the_gpu_kernel():
+    """A plan with two step ranges on the Triton path: each step gets its
+    own range's patterns, as the float64 oracle computes them."""
+    from oracle import layer_oracle, rel_err
+    from sparse_vdit.patterns import Skip, VerticalStripe
+    from sparse_vdit.plans.format import StepRange
+
+    geometry, heads, dim = Geometry(3, 8, 10), 4, 64
+    first = LayerPattern((Diagonal(0), Full(), MultiDiagonal(1), VerticalStripe((0,))))
+    later = LayerPattern((Full(), Skip(), Diagonal(1), MultiDiagonal(0, frames=1)))
+    plan = Plan("gpu ranges", ModelShape("wan", 1, heads, dim), (first,), DenseSchedule(0.0), {},
+                (StepRange(0.5, (later,)),))
+    hook = SparsePatch(plan, ModelInfo("wan", 1, heads, dim, (1, 2, 2)), plan.dense, backend="auto")
+    q, k, v = (torch.randn(2, geometry.seq_len, heads * dim, device="cuda", dtype=torch.bfloat16) for _ in range(3))
+    for step, layer in ((1, first), (3, later)):
+        out = hook(Func(), q, k, v, heads=heads, transformer_options=options(step=step, total=4, geometry=geometry))
+        ref = layer_oracle(*(x.view(2, geometry.seq_len, heads, dim).cpu() for x in (q, k, v)), layer, geometry, 128, 64)
+        assert rel_err(out.cpu().view_as(ref), ref) < 2e-2, step
+    assert hook.counts == {"sparse": 2}
