@@ -158,8 +158,17 @@ def _speedup_ranges(stats: Statistics, spans: ProbeSpans, target: float, counts:
         return Solution(spans, chosen, choices, relative_cost(stats, choices)), index
 
     def error(solution: Solution, index: torch.Tensor) -> float:
-        span_error = errors_all.gather(-1, index[..., None]).sum((1, 2, 3))
-        return float(sum(spans.weights[n] * span_error[n] for n in solution.chosen))
+        """Each probed step's error with the patterns that serve it, weighted
+        by its share of the steps: comparable across counts of ranges (a
+        span's worst probe would overstate one long range)."""
+        total = 0.0
+        for n in solution.chosen:
+            first, last = spans.spans[n]
+            for probe in range(first, last + 1):
+                alone = spans.index((probe, probe))
+                alone = n if alone is None else alone  # older statistics: one span only
+                total += float(spans.weights[alone] * errors_all[alone].gather(-1, index[n][..., None]).sum())
+        return total
 
     budget = 1.0 / target
     cheapest = pick(1e30, 1)[0]

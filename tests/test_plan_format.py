@@ -41,8 +41,8 @@ def test_one_line_per_head():
     assert lines.count('{"mode": "vertical_stripe", "frames": [0, -1]}') == 2  # one per layer
 
 
-def corrupt(mutate):
-    data = json.loads(dumps_plan(small_plan()))
+def corrupt(mutate, plan=None):
+    data = json.loads(dumps_plan(plan or small_plan()))
     mutate(data)
     return json.dumps(data)
 
@@ -87,12 +87,6 @@ def test_the_step_picks_the_range():
     assert [r.start for r in plan.step_ranges] == [0.0, 0.4, 0.75]
 
 
-def corrupt_ranged(mutate):
-    data = json.loads(dumps_plan(ranged_plan()))
-    mutate(data)
-    return json.dumps(data)
-
-
 @pytest.mark.parametrize("mutate,message", [
     (lambda d: d.update(version=1), "later_step_ranges' needs plan format version 2"),
     (lambda d: d.update(later_step_ranges={"from_step_fraction": 0.5}), "'later_step_ranges' must be a list"),
@@ -108,7 +102,7 @@ def corrupt_ranged(mutate):
 ])
 def test_bad_step_ranges_are_refused_with_a_clear_message(mutate, message):
     with pytest.raises(PlanError, match=message):
-        loads_plan(corrupt_ranged(mutate), "bad.json")
+        loads_plan(corrupt(mutate, ranged_plan()), "bad.json")
 
 
 def test_truncated_and_missing_files(tmp_path):
