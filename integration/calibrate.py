@@ -13,7 +13,7 @@ from typing import Callable
 
 import torch
 
-from ..plans.calibrator import Calibrator
+from ..plans.calibrator import Calibrator, parse_indices
 from ..plans.candidates import MENUS
 from ..plans.cost import candidate_costs
 from ..plans.format import ModelShape, Plan, PlanError, save_plan
@@ -49,18 +49,25 @@ def check_plan_name(name: str) -> str:
 def calibrate(model_patcher, sample: Callable[[object], object], *, plan_name: str, folder: str,
               lam: float = 0.5, eps: float = 1.0, probe_steps: int = 3, query_fraction: float = 0.1,
               menu: str = "standard", warmup: float = 0.2, step_ranges="auto", settings: dict | None = None,
-              check_interrupt: Callable[[], None] = lambda: None, cost_cache: str | None = None) -> CalibrationResult:
-    """sample(model) runs the dense sampling on the given (hooked) model."""
+              check_interrupt: Callable[[], None] = lambda: None, cost_cache: str | None = None,
+              probe_at: str = "", probe_layers: str = "all", steps: int | None = None) -> CalibrationResult:
+    """sample(model) runs the dense sampling on the given (hooked) model.
+    probe_at: '' (probe_steps steps spread after the warm-up) or the steps to
+    probe ('4, 10, 16'); probe_layers: 'all' or the layers ('0-9, 20');
+    steps: the run's sampling steps, when known (checks probe_at early)."""
     info = require_model_info(model_patcher)
     name = check_plan_name(plan_name)
     if menu not in MENUS:
         raise PlanError(f"unknown candidate menu {menu!r}; known: {', '.join(MENUS)}")
     if lam < 0 or eps < 0 or not 0 <= warmup < 1:
         raise PlanError("lambda and epsilon must be >= 0 and the warm-up in [0, 1)")
-    range_counts(step_ranges, probe_steps, True)  # a bad count fails before sampling
+    steps_at = parse_indices(probe_at, steps, "probe steps")
+    layers = parse_indices(probe_layers, info.layers, "probed layers")
+    range_counts(step_ranges, len(steps_at) if steps_at else probe_steps, True)  # a bad count fails before sampling
     shape = ModelShape(info.family, info.layers, info.heads, info.head_dim)
     calibrator = Calibrator(shape, MENUS[menu], probe_steps, query_fraction, warmup,
-                            info={"menu": menu, **(settings or {})}, check_interrupt=check_interrupt)
+                            info={"menu": menu, **(settings or {})}, check_interrupt=check_interrupt,
+                            probe_at=steps_at, layers=layers)
     hook = CalibrationHook(info, calibrator)
     start = time.perf_counter()
     samples = sample(install_hook(model_patcher, hook))

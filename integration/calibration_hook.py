@@ -13,7 +13,7 @@ from .video_hook import VideoAttentionHook, call_layout
 def observe(hook: VideoAttentionHook, calibrator: Calibrator, call: dict, layer: int, info: ForwardInfo) -> None:
     """Hand a video self-attention call to the calibrator if its step is probed."""
     probe = calibrator.probe_index(info.step, info.total_steps)
-    if probe is None:
+    if probe is None or not calibrator.probes_layer(layer):
         hook.count("dense")
         return
     geometry, qkv = hook.kept_tokens(call)

@@ -50,6 +50,12 @@ class SparseVDiTCalibrate(io.ComfyNode):
                                tooltip="Fraction of steps the plan keeps dense; probes start after it."),
                 io.Combo.Input("step_ranges", options=list(STEP_RANGE_CHOICES), default="auto", optional=True,
                                tooltip=STEP_RANGES_TOOLTIP),
+                io.String.Input("probe_at_steps", default="", optional=True,
+                                tooltip="Empty: probe_steps steps spread after the warm-up. Or the sampling steps to "
+                                        "score, counted from 0, such as 4, 10, 16 (then probe_steps is ignored)."),
+                io.String.Input("probe_layers", default="all", optional=True,
+                                tooltip="all, or the layers to score, counted from 0, such as 0-9, 20. Layers not "
+                                        "scored stay dense (full) in the plan."),
             ],
             outputs=[io.Model.Output(display_name="MODEL"), PlanType.Output(display_name="PLAN"),
                      io.Latent.Output(display_name="LATENT")],
@@ -58,7 +64,7 @@ class SparseVDiTCalibrate(io.ComfyNode):
     @classmethod
     def execute(cls, model, positive, negative, latent_image, seed, steps, cfg, sampler_name, scheduler, denoise,
                 lambda_cost, epsilon, probe_steps, query_fraction, plan_name, candidate_menu="standard",
-                dense_warmup=0.2, step_ranges="auto") -> io.NodeOutput:
+                dense_warmup=0.2, step_ranges="auto", probe_at_steps="", probe_layers="all") -> io.NodeOutput:
         register_plan_folder()
 
         def sample(hooked):
@@ -69,6 +75,7 @@ class SparseVDiTCalibrate(io.ComfyNode):
         result = calibrate(model, sample, plan_name=plan_name, folder=plan_files.user_plans_dir(), lam=lambda_cost,
                            eps=epsilon, probe_steps=probe_steps, query_fraction=query_fraction, menu=candidate_menu,
                            warmup=dense_warmup, step_ranges=step_ranges, settings=settings,
+                           probe_at=probe_at_steps, probe_layers=probe_layers, steps=steps,
                            check_interrupt=comfy.model_management.throw_exception_if_processing_interrupted,
                            cost_cache=None)
         return io.NodeOutput(apply_plan(model, result.plan), result.plan, result.samples)

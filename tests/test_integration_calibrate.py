@@ -101,6 +101,23 @@ def test_calibrate_and_solve_with_two_step_ranges(folder):
     assert hook.plan.later_ranges == saved.later_ranges and hook.counts.get("dense:error", 0) == 0
 
 
+def test_calibrate_only_the_chosen_steps_and_layers(folder, monkeypatch):
+    """Steps 0 and 2, layer 1: only those calls are scored, and layer 0 stays
+    full in the plan."""
+    from sparse_vdit.plans import calibrator
+
+    scored = []
+    real = calibrator.score_layer
+    monkeypatch.setattr(calibrator, "score_layer", lambda *a, **k: scored.append(1) or real(*a, **k))
+    model = H.tiny_wan_model(seed=0)
+    positive, negative = H.make_conds(model, seed=1)
+    _, plan, _ = run_calibration(model, positive, negative, name="chosen", epsilon=50.0, probe_at_steps="2, 0",
+                                 probe_layers="1")
+    assert plan.provenance["probe_steps"] == [0, 2] and plan.provenance["calibration"]["probed_layers"] == [1]
+    assert len(scored) == 2  # 2 steps x 1 layer (cond and uncond batched in one call)
+    assert plan.layers[0].is_dense and not plan.layers[1].is_dense
+
+
 def test_interrupt_mid_calibration_leaves_no_file(folder, monkeypatch):
     import comfy.model_management as mm
     from sparse_vdit.plans import calibrator
@@ -139,6 +156,10 @@ def test_bad_calibration_input_fails_before_sampling(folder, monkeypatch):
         run_calibration(model, positive, negative, epsilon=-1)
     with pytest.raises(PlanError, match="3 step ranges need at least 3 probed steps"):
         run_calibration(model, positive, negative, step_ranges="3")
+    with pytest.raises(PlanError, match="probe steps: 4 is out of range: there are 4"):
+        run_calibration(model, positive, negative, probe_at_steps="1, 4")
+    with pytest.raises(PlanError, match="probed layers: 2 is out of range"):
+        run_calibration(model, positive, negative, probe_layers="0-2")
     assert not sampled and os.listdir(folder) == []
 
 

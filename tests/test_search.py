@@ -282,3 +282,44 @@ def test_saved_statistics_resolve_to_the_same_ranged_plan(planted, tmp_path):
     loaded = load_statistics(path)
     for kwargs in ({"lam": 0.5, "eps": 1.0}, {"target_speedup": 1.8}, {"step_ranges": "2"}):
         assert plan_to_dict(solve_plan(loaded, **kwargs)) == plan_to_dict(solve_plan(moved, **kwargs))
+
+
+# ----- which steps and layers to probe -----------------------------------------
+@pytest.mark.parametrize("text,count,expected", [("", 5, None), ("all", 5, None), (" ALL ", None, None),
+                                                 ("3", 5, [3]), ("0-2, 4", 5, [0, 1, 2, 4]), ("4,1;1", None, [1, 4])])
+def test_index_lists(text, count, expected):
+    from sparse_vdit.plans.calibrator import parse_indices
+    assert parse_indices(text, count, "layers") == expected
+
+
+@pytest.mark.parametrize("text,message", [("5", "5 is out of range: there are 5"), ("2-9", "9 is out of range"),
+                                          ("x", "'x' is not an index"), ("-1", "'-1' is not an index"),
+                                          ("3-1", "runs backwards"), ("1.5", "not an index")])
+def test_bad_index_lists(text, message):
+    from sparse_vdit.plans.calibrator import parse_indices
+    with pytest.raises(PlanError, match=message):
+        parse_indices(text, 5, "probed layers")
+
+
+def test_only_the_probed_layers_and_steps_are_scored():
+    """Layers 1 and 3 of 4 at steps 2 and 5 of 6: the others are never
+    scored and stay full in the plan; a probe step beyond the run is refused."""
+    geometry, heads = Geometry(3, 8, 10), 2
+    calibrator = Calibrator(ModelShape("synthetic", 4, heads, 16), MENUS["standard"], query_fraction=1.0,
+                            warmup=0.0, probe_at=[5, 2], layers=[3, 1])
+    assert [calibrator.probe_index(s, 6) for s in range(6)] == [None, None, 0, None, None, 1]
+    assert calibrator.accepts(geometry) and calibrator.missing() == [(2, 1), (2, 3), (5, 1), (5, 3)]
+    for probe in range(2):
+        for layer in range(4):
+            q, k, v = planted_layer(["negligible", "diagonal"], geometry, 16, seed=layer)
+            calibrator.record(probe, layer, *(x.view(1, geometry.seq_len, heads, 16) for x in (q, k, v)))
+    stats = calibrator.statistics(block_share_costs(calibrator.candidates, geometry), "block-count")
+    assert torch.isinf(stats.sq_err[:, [0, 2]]).all() and torch.isfinite(stats.sq_err[:, [1, 3]]).all()
+    assert stats.probe_steps.tolist() == [2, 5] and stats.info["probed_layers"] == [1, 3]
+    for kwargs in ({"lam": 0.5, "eps": 1.0}, {"target_speedup": 1.2}):
+        plan = solve_plan(stats, **kwargs)
+        assert [layer.is_dense for layer in plan.layers] == [True, False, True, False], kwargs
+    with pytest.raises(PlanError, match="probe step 5 is beyond this run's 4 steps"):
+        Calibrator(ModelShape("synthetic", 4, heads, 16), MENUS["standard"], probe_at=[5]).probe_index(0, 4)
+    with pytest.raises(PlanError, match="probed layers"):
+        Calibrator(ModelShape("synthetic", 4, heads, 16), MENUS["standard"], layers=[4])
