@@ -200,8 +200,13 @@ def write_md(doc):
                      f"{v['speedup_whole_run']:.2f}x | {v['psnr_db']:.2f} ({v['psnr_db_min']:.2f}) | "
                      f"{v['ssim']:.4f} ({v['ssim_min']:.4f}) | {_ranges(v)} | {v['modes']} |")
     path = os.path.join(common.RESULTS, "yardstick_quality.md")
+    reading = ""  # the hand-written reading of the numbers stays; update it by hand
+    if os.path.exists(path):
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+        reading = text[text.find("## Reading"):] if "## Reading" in text else ""
     with open(path, "w") as f:
-        f.write("\n".join(lines) + "\n")
+        f.write("\n".join(lines) + "\n" + ("\n" + reading if reading else ""))
 
 
 if __name__ == "__main__":
