@@ -98,18 +98,19 @@ def run_yardstick_demo(comfyui: str | None = None, device: str = "auto", out_dir
         common.generate(patcher, [4], seed=seed, steps=2)
     dense, t_dense = timed(patcher)
     sparse, t_sparse = timed(sparse_model)
-    density = common.plan_density(plan)
+    density = common.plan_density(plan, steps=steps)
     report = {"device": torch.cuda.get_device_name() if dev == "cuda" else "cpu", "steps": steps,
               "backend": backend, "density": density, "predicted_attention_speedup": 1 / density,
               "dense_seconds": t_dense, "sparse_seconds": t_sparse, "end_to_end_speedup": t_dense / t_sparse,
               "psnr_db": float(common.psnr(sparse, dense)[0]), "ssim": float(common.ssim(sparse, dense)[0]),
-              "calibration_seconds": result.seconds, "modes": plan.density_summary()}
+              "calibration_seconds": result.seconds, "modes": plan.density_summary(),
+              "step_ranges": plan.describe_step_ranges()}
     os.makedirs(out_dir, exist_ok=True)
     report["image"] = os.path.join(out_dir, "yardstick_demo_strip.png")
     _strip(dense, sparse).save(report["image"])
     print(f"yardstick (trained tiny Wan2.1, {steps} steps, {report['device']}, backend {backend})")
-    print(f"  plan: {report['modes']}, attention density {density:.3f} -> predicted attention speedup "
-          f"{1 / density:.2f}x (sparse steps)")
+    print(f"  plan: {report['modes']} ({report['step_ranges']}), attention density {density:.3f} -> predicted "
+          f"attention speedup {1 / density:.2f}x (sparse steps)")
     print(f"  dense {t_dense:.2f} s, sparse {t_sparse:.2f} s, end to end {report['end_to_end_speedup']:.2f}x"
           + ("  (CPU reference path: correctness, not speed)" if dev == "cpu" else
              "  (2,048 tokens per call: launch-bound, sparse kernels pay at real video sizes; see benchmarks/)"))
