@@ -14,6 +14,8 @@ CPU). The method's rule, per layer and head:
     Judger = AND over i of [ E_i + lambda * (1 - S_i) > epsilon ]
     Judger -> full, else argmin_i { E_i + lambda * (1 - S_i) }
 
+over the candidates with S_i > 0 (one no faster than full offers nothing).
+
 For a target attention speedup instead, each head takes the candidate that
 minimises E_i + mu * cost_i (full included, at error 0) and mu is bisected
 until the predicted speedup is met: the least total error for that budget
