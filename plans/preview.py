@@ -47,6 +47,22 @@ def grid_layout(plan: Plan) -> GridLayout:
     return GridLayout(cell, 44, 78 if ranges > 1 else 64, heads * cell + 12 + 130)
 
 
+def thumbnail_picks(plan: Plan, stats: Statistics | None, per_mode: int) -> list[tuple[str, list[tuple[int, int]]]]:
+    """(mode, [(layer, head), ...]) for the attention maps to draw: up to
+    per_mode heads of each mode of the first range (the maps come from the
+    first probed step), spread over the layers; never a layer not scored."""
+    if stats is None or not stats.thumbnails.numel():
+        return []
+    probed = stats.info.get("probed_layers", "all")
+    rows = []
+    for mode in COLOURS:
+        found = [(l, h) for l, layer in enumerate(plan.layers) for h, p in enumerate(layer.heads)
+                 if p.name == mode and (probed == "all" or l in probed)]
+        if found:
+            rows.append((mode, found[::max(1, len(found) // per_mode)][:per_mode]))
+    return rows
+
+
 def render_plan(plan: Plan, stats: Statistics | None = None, thumbs_per_mode: int = 3) -> Image.Image:
     """One panel per step range (most plans have one), side by side."""
     font = ImageFont.load_default()
@@ -57,13 +73,7 @@ def render_plan(plan: Plan, stats: Statistics | None = None, thumbs_per_mode: in
     grid_w, grid_h = heads * cell, layers * cell
     densities = [[compile_layer(layer, geometry).density() for layer in r.layers] for r in ranges]
 
-    thumb_rows = []
-    if stats is not None and stats.thumbnails.numel():
-        for mode in COLOURS:  # the thumbnails come from the first probed step: the first range
-            found = [(l, h) for l, layer in enumerate(plan.layers) for h, p in enumerate(layer.heads) if p.name == mode]
-            if found:
-                step = max(1, len(found) // thumbs_per_mode)
-                thumb_rows.append((mode, found[::step][:thumbs_per_mode]))
+    thumb_rows = thumbnail_picks(plan, stats, thumbs_per_mode)
     thumb_scale = 2
     th, tw = (stats.thumbnails.shape[-2] * thumb_scale, stats.thumbnails.shape[-1] * thumb_scale) if thumb_rows else (0, 0)
     thumbs_h = (len(thumb_rows) * (th + 18) + 24) if thumb_rows else 0

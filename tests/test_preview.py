@@ -32,3 +32,18 @@ def test_each_step_range_gets_its_own_grid():
     image = render_plan(ranged)
     assert cell_colours(image, ranged) == expected_colours(FIRST, LATER)
     assert image.width >= grid_layout(ranged).left + 2 * grid_layout(ranged).panel_w
+
+
+def test_attention_maps_only_from_scored_layers():
+    from types import SimpleNamespace
+
+    import torch
+
+    from sparse_vdit.plans.preview import thumbnail_picks
+
+    stats = SimpleNamespace(thumbnails=torch.rand(2, 3, 32, 64).half(), info={"probed_layers": [1]})
+    picks = dict(thumbnail_picks(PLAN, stats, 3))
+    assert picks == {"skip": [(1, 0)], "multi_diagonal": [(1, 1)], "full": [(1, 2)]}
+    stats.info["probed_layers"] = "all"
+    assert dict(thumbnail_picks(PLAN, stats, 3))["full"] == [(0, 1), (1, 2)]
+    assert render_plan(PLAN, stats).height > render_plan(PLAN).height  # the maps are drawn
