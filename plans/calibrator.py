@@ -16,14 +16,14 @@ import torch
 from .. import __version__
 from ..patterns import DEFAULT_BLOCK_M, Geometry
 from .candidates import Candidate, max_top_frames
-from .format import ModelShape, PlanError
+from .format import DenseSchedule, ModelShape, PlanError
 from .scoring import THUMB_COLS, THUMB_ROWS, sampled_query_blocks, score_layer
 from .statistics import Statistics
 
 
 def select_probe_steps(total_steps: int, count: int, warmup: float) -> list[int]:
     """`count` steps spread over the steps after the dense warm-up."""
-    first = min(total_steps - 1, math.ceil(warmup * total_steps - 1e-9))
+    first = min(total_steps - 1, DenseSchedule(warmup).first_sparse_step(total_steps))
     if count <= 1:
         return [first]
     return sorted({round(first + i * (total_steps - 1 - first) / (count - 1)) for i in range(count)})

@@ -66,8 +66,12 @@ class DenseSchedule:
     warmup_fraction: float = 0.0
     sigma_above: float | None = None
 
+    def first_sparse_step(self, total_steps: int) -> int:
+        """The first step after the warm-up (the warm-up is rounded up)."""
+        return math.ceil(self.warmup_fraction * total_steps - 1e-9)
+
     def is_dense(self, step: int, total_steps: int, sigma: float | None = None) -> bool:
-        if step < math.ceil(self.warmup_fraction * total_steps - 1e-9):
+        if step < self.first_sparse_step(total_steps):
             return True
         return self.sigma_above is not None and sigma is not None and sigma > self.sigma_above
 

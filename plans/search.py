@@ -113,7 +113,7 @@ def _as_choice(index: torch.Tensor, candidates: int) -> torch.Tensor:
 
 def _spans(stats: Statistics, warmup: float) -> ProbeSpans:
     total = stats.info.get("total_steps")
-    first_sparse = math.ceil(warmup * total - 1e-9) if total else 0  # as DenseSchedule counts the warm-up
+    first_sparse = DenseSchedule(warmup).first_sparse_step(total) if total else 0
     return probe_spans(errors_per_probe(stats), stats.probe_steps.tolist(), total, first_sparse)
 
 

@@ -5,7 +5,6 @@ All on the CPU with the pack's ``reference`` backend (exact semantics).
 """
 from __future__ import annotations
 
-import math
 import os
 import sys
 
@@ -115,7 +114,9 @@ def plan_density(plan, steps: int = STEPS, warmup: float = WARMUP) -> float:
     from sparse_vdit.patterns import compile_layer
 
     g = token_geometry()
-    sparse_steps = range(math.ceil(warmup * steps - 1e-9), steps)
+    from sparse_vdit.plans.format import DenseSchedule
+
+    sparse_steps = range(DenseSchedule(warmup).first_sparse_step(steps), steps)
     per_step = [sum(compile_layer(l, g).density() for l in plan.layers_at(s, steps)) / len(plan.layers)
                 for s in sparse_steps]
     return sum(per_step) / len(per_step)
@@ -123,5 +124,7 @@ def plan_density(plan, steps: int = STEPS, warmup: float = WARMUP) -> float:
 
 def whole_run_speedup(step_speedup: float, warmup: float = WARMUP, steps: int = STEPS) -> float:
     """Attention speedup over the whole run with the first warm-up steps dense."""
-    dense_steps = math.ceil(warmup * steps - 1e-9)
+    from sparse_vdit.plans.format import DenseSchedule
+
+    dense_steps = DenseSchedule(warmup).first_sparse_step(steps)
     return steps / (dense_steps + (steps - dense_steps) / step_speedup)
