@@ -94,14 +94,9 @@ def main():
     from sparse_vdit.integration.install import apply_plan
     from sparse_vdit.plans.format import plan_to_dict
     from sparse_vdit.plans.search import solve_plan
-    from sparse_vdit.plans.statistics import load_statistics
 
     patcher = common.setup(args.comfyui)
-    stats_path = os.path.join(args.work, "yardstick.stats.safetensors")
-    if os.path.exists(stats_path):
-        stats = load_statistics(stats_path)
-    else:
-        stats = common.calibrate(patcher, args.work).statistics
+    stats = common.saved_or_calibrated(patcher, args.work, "yardstick")
 
     plans = {}
     for eps in EPSILONS:
@@ -110,11 +105,7 @@ def main():
     for t in TARGETS:
         plans[f"target {t}x"] = solve_plan(stats, target_speedup=t, name=f"target {t}x", warmup=common.WARMUP,
                                            step_ranges=1)
-    thorough_path = os.path.join(args.work, "yardstick_thorough.stats.safetensors")
-    if os.path.exists(thorough_path):
-        thorough = load_statistics(thorough_path)
-    else:
-        thorough = common.calibrate(patcher, args.work, name="yardstick_thorough", **THOROUGH).statistics
+    thorough = common.saved_or_calibrated(patcher, args.work, "yardstick_thorough", **THOROUGH)
     for t in THOROUGH_TARGETS:
         name = f"target {t}x (5 probes, all queries)"
         plans[name] = solve_plan(thorough, target_speedup=t, name=name, warmup=common.WARMUP, step_ranges=1)

@@ -71,6 +71,19 @@ def calibrate(patcher, folder: str, name: str = "yardstick", classes=CALIB_CLASS
                          "prompts": list(classes), "seed": seed})
 
 
+def saved_or_calibrated(patcher, folder: str, name: str, **kwargs):
+    """The statistics `name` saved in `folder` by an earlier calibrate(), or a
+    new calibration (kwargs as calibrate's). Saved ones are reused as they
+    are: delete them after changing what calibration records."""
+    from sparse_vdit.integration.calibrate import STATS_SUFFIX
+    from sparse_vdit.plans.statistics import load_statistics
+
+    path = os.path.join(folder, name + STATS_SUFFIX)
+    if os.path.exists(path):
+        return load_statistics(path)
+    return calibrate(patcher, folder, name=name, **kwargs).statistics
+
+
 def psnr(x: torch.Tensor, ref: torch.Tensor, peak_to_peak: float = 2.0) -> torch.Tensor:
     """Per sample PSNR in dB, data range [-1, 1] (peak-to-peak 2)."""
     mse = ((x.double() - ref.double()) ** 2).flatten(1).mean(1)
