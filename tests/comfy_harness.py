@@ -93,7 +93,7 @@ def token_count(latent_shape, patch_size=PATCH_SIZE) -> int:
 
 
 class _Unavailable:
-    """Placeholder for stubbed torchvision attributes: fails only when used."""
+    """Placeholder for stubbed package attributes: fails only when used."""
 
     def __init__(self, name):
         self._name = name
@@ -105,7 +105,7 @@ class _Unavailable:
 
     def __call__(self, *args, **kwargs):
         raise RuntimeError(
-            f"{self._name} is unavailable: torchvision is stubbed by the sparse_vdit test harness"
+            f"{self._name} is unavailable: stubbed by the sparse_vdit test harness"
         )
 
     def __repr__(self):
@@ -128,37 +128,48 @@ def _make_stub_module(name):
     return mod
 
 
-def _ensure_torchvision() -> bool:
-    """Import torchvision, or install a stub if it cannot be imported.
+# Packages that do not import beside the CPU torch here, stubbed with the
+# submodules ComfyUI names at import time. torchvision: PyPI's build fails
+# ("operator torchvision::nms does not exist"); ComfyUI needs its names only
+# at import (cosmos, cascade, ace). torchaudio (imported at load by ComfyUI
+# >= 0.2x: audio VAEs, audio nodes): no build matches this torch; no video
+# model the pack serves uses it.
+_STUBBED_SUBMODULES = {
+    "torchvision": ("transforms", "transforms.functional", "models", "ops", "io", "utils"),
+    "torchaudio": ("functional", "transforms", "compliance", "compliance.kaldi", "io", "utils"),
+}
 
-    PyPI's torchvision does not import beside this CPU torch build
-    ("operator torchvision::nms does not exist"). ComfyUI only needs the
-    names at import time (cosmos, cascade, ace modules), never for Wan.
-    Returns True if the stub was installed.
-    """
-    existing = sys.modules.get("torchvision")
+
+def _ensure_importable(package: str) -> bool:
+    """Import `package`, or install a stub if it cannot be imported.
+    Returns True if the stub was installed."""
+    existing = sys.modules.get(package)
     if existing is not None:
         return bool(getattr(existing, "__sparse_vdit_stub__", False))
     try:
-        import torchvision  # noqa: F401
-
+        importlib.import_module(package)
         return False
     except Exception:  # ImportError, RuntimeError from the ops registry, ...
         for name in list(sys.modules):
-            if name == "torchvision" or name.startswith("torchvision."):
+            if name == package or name.startswith(package + "."):
                 del sys.modules[name]
-    root = _make_stub_module("torchvision")
-    for sub in ("transforms", "transforms.functional", "models", "ops", "io", "utils"):
-        full = f"torchvision.{sub}"
+    root = _make_stub_module(package)
+    for sub in _STUBBED_SUBMODULES[package]:
+        full = f"{package}.{sub}"
         mod = _make_stub_module(full)
         sys.modules[full] = mod
         parent_name, _, leaf = full.rpartition(".")
-        setattr(sys.modules[parent_name] if parent_name != "torchvision" else root, leaf, mod)
-    sys.modules["torchvision"] = root
-    root.transforms.InterpolationMode = types.SimpleNamespace(
-        NEAREST="nearest", BILINEAR="bilinear", BICUBIC="bicubic"
-    )
+        setattr(sys.modules[parent_name] if parent_name != package else root, leaf, mod)
+    sys.modules[package] = root
+    if package == "torchvision":
+        root.transforms.InterpolationMode = types.SimpleNamespace(
+            NEAREST="nearest", BILINEAR="bilinear", BICUBIC="bicubic"
+        )
     return True
+
+
+def _ensure_torchvision() -> bool:
+    return _ensure_importable("torchvision")
 
 
 def import_comfy(path: str | None = None, attention: str = "pytorch") -> types.SimpleNamespace:
@@ -202,6 +213,7 @@ def import_comfy(path: str | None = None, attention: str = "pytorch") -> types.S
         sys.path.insert(0, path)
 
     stubbed = _ensure_torchvision()
+    audio_stubbed = _ensure_importable("torchaudio")
 
     import comfy.options  # noqa: F401  (args parsing stays off: parse_args([]))
     import comfy.cli_args
@@ -234,6 +246,7 @@ def import_comfy(path: str | None = None, attention: str = "pytorch") -> types.S
         path=path,
         version=comfyui_version(path),
         torchvision_stubbed=stubbed,
+        torchaudio_stubbed=audio_stubbed,
         cpu=torch.device("cpu"),
         comfy=sys.modules["comfy"],
         model_management=model_management,
