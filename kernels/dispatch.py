@@ -5,10 +5,17 @@ Layouts: "flat" is [B, L, H*D] (Wan, LTXV); "bhld" is [B, H, L, D]
 group (ComfyUI's own attention, or cuDNN SDPA), skip heads get zeros, and
 all sparse heads go to one block-sparse kernel launch: Triton on a GPU,
 the reference path otherwise or when Triton cannot serve the call.
+
+precision: "bf16" (the exact path), "8-bit" (INT8 QK^T + FP8 PV,
+kernels/triton_sparse8.py; with no dense_fn given, full heads join the same
+launch as dense rows) or "auto" (8-bit on GPUs with FP8 tensor cores, sm_89
+and newer, when the call is eligible). A call the 8-bit path cannot serve
+runs in bf16, with one log line per reason.
 """
 from __future__ import annotations
 
 import logging
+import weakref
 from typing import Callable, Literal
 
 import torch
@@ -22,6 +29,9 @@ DenseFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 log = logging.getLogger("sparse_vdit")
 
 _triton_failures: set[tuple] = set()  # shapes whose Triton launch failed once
+PRECISIONS = ("bf16", "8-bit", "auto")
+_logged_8bit: set[str] = set()
+_tables8: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # CompiledLayer -> table with full rows
 
 
 def as_blhd(x: torch.Tensor, layout: Layout, heads: int) -> torch.Tensor:
@@ -87,13 +97,66 @@ def _sparse_heads(q, k, v, out, compiled: CompiledLayer, backend: str) -> None:
     _put_heads(out, compiled.sparse_heads, reference_sparse_attention(q, k, v, table))
 
 
+def _log_8bit_once(reason: str) -> None:
+    if reason not in _logged_8bit:
+        _logged_8bit.add(reason)
+        log.warning("sparse_vdit: 8-bit attention cannot serve this call (%s); running bf16.", reason)
+
+
+def use_8bit(q4: torch.Tensor, compiled: CompiledLayer, precision: str, backend: str) -> bool:
+    """Whether this call runs the 8-bit kernel. q4: [B, L, H, D]."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown precision {precision!r} (one of {PRECISIONS})")
+    if precision == "bf16" or backend == "reference":
+        return False
+    from . import triton_backend
+    reason = triton_backend.ineligible8(q4)
+    if precision == "auto":
+        return reason is None and q4.is_cuda and triton_backend.fp8_pv_supported(q4.device)
+    if reason is not None:
+        _log_8bit_once(reason)
+        return False
+    return True
+
+
+def table_with_full_rows(compiled: CompiledLayer, device):
+    """The layer's table plus a dense row set for each full head (cached):
+    full heads served by the 8-bit kernel in the same launch."""
+    if not compiled.full_heads:
+        return compiled.table
+    cached = _tables8.get(compiled)
+    if cached is None:
+        from .triton_sparse8 import table_with_dense_rows
+        cached = table_with_dense_rows(compiled.table, compiled.full_heads, compiled.geometry.seq_len,
+                                       q_device=device)
+        _tables8[compiled] = cached
+    return cached
+
+
+def _attention_8bit(q4, k4, v4, out4, compiled: CompiledLayer, table, backend: str) -> bool:
+    """Run the 8-bit kernel over `table`; False (logged once) if it failed."""
+    from . import triton_backend
+    try:
+        triton_backend.run8(q4, k4, v4, out4, table)
+        return True
+    except Exception as error:  # never fail a generation on a kernel
+        if backend == "triton" and not isinstance(error, ValueError):
+            raise
+        _log_8bit_once(f"{type(error).__name__}: {error}")
+        return False
+
+
 def layer_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, compiled: CompiledLayer, *,
                     heads: int, layout: Layout = "flat", out_layout: Layout | None = None,
-                    dense_fn: DenseFn | None = None, backend: str = "auto") -> torch.Tensor:
+                    dense_fn: DenseFn | None = None, backend: str = "auto", precision: str = "bf16",
+                    full_heads_8bit: bool | None = None) -> torch.Tensor:
     """Attention for one layer following its compiled pattern.
 
     dense_fn(q, k, v) takes and returns [B, h, L, D]; it serves full heads.
     backend: "auto", "triton" (raise if unavailable) or "reference".
+    precision: "bf16", "8-bit" or "auto" (module docstring).
+    full_heads_8bit: whether the 8-bit path also serves full heads (default:
+    when no dense_fn is given, i.e. no other attention override is chained).
     """
     if heads != compiled.num_heads:
         raise ValueError(f"plan layer has {compiled.num_heads} heads, call has {heads}")
@@ -102,9 +165,13 @@ def layer_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, compiled:
     batch, seq_len, _, head_dim = q4.shape
     if seq_len != compiled.geometry.seq_len or k4.shape[1] != seq_len:
         raise ValueError(f"plan compiled for {compiled.geometry.seq_len} tokens, call has q {seq_len} / k {k4.shape[1]}")
+    eight = use_8bit(q4, compiled, precision, backend)
+    full8 = eight and bool(compiled.full_heads) and (dense_fn is None if full_heads_8bit is None else full_heads_8bit)
+    if eight and compiled.table is None and not full8:
+        eight = False  # only full heads, served by the chained dense function
     dense_fn = dense_fn or dense_attention
 
-    if len(compiled.full_heads) == heads:  # nothing sparse: one dense call, no gathers
+    if len(compiled.full_heads) == heads and not full8:  # nothing sparse: one dense call, no gathers
         result = dense_fn(q4.transpose(1, 2), k4.transpose(1, 2), v4.transpose(1, 2))
         return result if out_layout == "bhld" else result.transpose(1, 2).reshape(batch, seq_len, heads * head_dim)
 
@@ -117,6 +184,10 @@ def layer_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, compiled:
 
     for a, b in head_runs(compiled.skip_heads):
         out4[:, :, a:b] = 0
+    if eight:
+        table = table_with_full_rows(compiled, q.device) if full8 else compiled.table
+        if _attention_8bit(q4, k4, v4, out4, compiled, table, backend):
+            return out
     if compiled.full_heads:
         group = [_take_heads(x, compiled.full_heads).transpose(1, 2) for x in (q4, k4, v4)]
         _put_heads(out4, compiled.full_heads, dense_fn(*group).transpose(1, 2))

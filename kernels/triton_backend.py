@@ -28,3 +28,29 @@ def can_serve(q: torch.Tensor) -> bool:
 
 def run(q, k, v, out, table: BlockTable) -> None:
     _kernel_module().sparse_attention_triton(q, k, v, out, table)
+
+
+def _kernel8_module():
+    try:
+        from . import triton_sparse8
+    except Exception:  # triton missing or broken
+        return None
+    return triton_sparse8
+
+
+def ineligible8(q: torch.Tensor) -> str | None:
+    """Why the 8-bit kernel cannot serve a call (None when it can). q: [B, L, H, D]."""
+    module = _kernel8_module()
+    if module is None:
+        return "triton is not available"
+    from ..patterns.tables import DEFAULT_BLOCK_M, DEFAULT_BLOCK_N
+    return module.ineligible_reason(q, DEFAULT_BLOCK_M, DEFAULT_BLOCK_N)
+
+
+def fp8_pv_supported(device) -> bool:
+    module = _kernel8_module()
+    return module is not None and module.fp8_pv_supported(device)
+
+
+def run8(q, k, v, out, table: BlockTable) -> None:
+    _kernel8_module().sparse_attention8_triton(q, k, v, out, table)

@@ -305,3 +305,27 @@ def sparse_attention8_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, 
     else:
         _run8(q, k, v, out, table.kv_offsets, table.kv_indices, heads_t,
               table.seq_len, table.block_m, table.block_n, scale, pv_fp8, config)
+
+
+def table_with_dense_rows(table, full_heads, seq_len: int, block_m: int | None = None,
+                          block_n: int | None = None, q_device=None):
+    """A table serving `table`'s heads as listed plus every key block for each
+    head in full_heads (the 8-bit path's dense heads, in the same launch).
+    table may be None (a layer of full and skip heads only)."""
+    from ..patterns.tables import DEFAULT_BLOCK_M, DEFAULT_BLOCK_N, BlockTable
+    block_m = table.block_m if table is not None else (block_m or DEFAULT_BLOCK_M)
+    block_n = table.block_n if table is not None else (block_n or DEFAULT_BLOCK_N)
+    device = table.device if table is not None else (q_device or torch.device("cpu"))
+    n_q, n_k = -(-seq_len // block_m), -(-seq_len // block_n)
+    rows = len(full_heads) * n_q
+    dense_idx = torch.arange(n_k, dtype=torch.int32, device=device).repeat(rows)
+    dense_off = torch.arange(1, rows + 1, dtype=torch.int64, device=device) * n_k
+    if table is None:
+        heads, offsets, indices, longest = (), torch.zeros(1, dtype=torch.int64, device=device), dense_idx[:0], 0
+    else:
+        heads, offsets, indices, longest = table.heads, table.kv_offsets.long(), table.kv_indices, table.max_row_blocks
+    offsets = torch.cat([offsets, offsets[-1] + dense_off])
+    if offsets[-1] >= 2**31:
+        raise ValueError("block table too large for int32 offsets")
+    return BlockTable(tuple(heads) + tuple(int(h) for h in full_heads), seq_len, block_m, block_n,
+                      offsets.to(torch.int32), torch.cat([indices, dense_idx]), max(longest, n_k))
