@@ -186,11 +186,11 @@ def layer_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, compiled:
         out4[:, :, a:b] = 0
     if eight:
         table = table_with_full_rows(compiled, q.device) if full8 else compiled.table
-        if _attention_8bit(q4, k4, v4, out4, compiled, table, backend):
-            return out
-    if compiled.full_heads:
+        eight = _attention_8bit(q4, k4, v4, out4, compiled, table, backend)
+        full8 = full8 and eight  # on failure everything below runs in bf16
+    if compiled.full_heads and not full8:
         group = [_take_heads(x, compiled.full_heads).transpose(1, 2) for x in (q4, k4, v4)]
         _put_heads(out4, compiled.full_heads, dense_fn(*group).transpose(1, 2))
-    if compiled.table is not None:
+    if compiled.table is not None and not eight:
         _sparse_heads(q4, k4, v4, out4, compiled, backend)
     return out

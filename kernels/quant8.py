@@ -86,12 +86,12 @@ if triton is not None:
         mag = tl.abs(x)
         e = tl.floor(tl.log2(tl.maximum(mag, 1e-30)))
         step = tl.exp2(tl.maximum(e, -6.0) - 3.0)
-        y = x / step  # round half to even, as the hardware conversion does
+        y = mag / step  # round half to even, as the hardware conversion does
         f = tl.floor(y)
         d = y - f
         odd = (f - 2.0 * tl.floor(f * 0.5)) == 1.0
-        r = tl.where((d > 0.5) | ((d == 0.5) & odd), f + 1.0, f) * step
-        return tl.minimum(tl.maximum(r, -448.0), 448.0)
+        r = tl.minimum(tl.where((d > 0.5) | ((d == 0.5) & odd), f + 1.0, f) * step, 448.0)
+        return tl.where(x < 0, -r, r)  # keeps the sign of a zero, as the hardware does
 
     @triton.jit
     def _stats(K, V, heads_ptr, KSUM, VMAX, seq_len, n_slots, n_chunks,
