@@ -1,19 +1,28 @@
 """The folders ComfyUI knows about: models/sparse_vdit_plans (the user's,
 where calibration writes) plus the plans shipped in this pack. Plans are
-JSON; calibration statistics are .safetensors in the same folders."""
+JSON; calibration statistics are .safetensors in the same folders.
+
+A bad file never breaks a node that does not use it: listings leave out
+hidden files and write temporaries, and a node that loads a bad file says
+which file to fix or delete."""
 from __future__ import annotations
 
 import os
 
 import folder_paths
 
+from ..plans.atomic import is_temporary, remove_stale_temporaries
 from ..plans.format import Plan, PlanError, load_plan
+from ..plans.static import SHIPPED
 from ..plans.statistics import Statistics, load_statistics
+from ..plans.validation import check_plan_name as _check_name
 
 FOLDER = "sparse_vdit_plans"
 STATS_FOLDER = "sparse_vdit_statistics"
 EXTENSIONS = {FOLDER: {".json"}, STATS_FOLDER: {".safetensors"}}
 SHIPPED_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "plans")
+FIX_HINT = "fix or delete that file"
+_cleaned: set[str] = set()  # folders whose stale write temporaries were removed by this process
 
 
 def user_plans_dir() -> str:
@@ -30,16 +39,21 @@ def register_plan_folder() -> None:
             if path not in paths:
                 paths.append(path)
         folder_paths.folder_names_and_paths[name] = (paths, set(extensions))
+    folder = user_plans_dir()
+    if folder not in _cleaned:  # once per start: what a killed write left behind
+        _cleaned.add(folder)
+        remove_stale_temporaries(folder)
+
 
 
 def plan_names() -> list[str]:
     register_plan_folder()
-    return sorted(folder_paths.get_filename_list(FOLDER))
+    return sorted(name for name in folder_paths.get_filename_list(FOLDER) if not is_temporary(name))
 
 
 def statistics_names() -> list[str]:
     register_plan_folder()
-    return sorted(folder_paths.get_filename_list(STATS_FOLDER))
+    return sorted(name for name in folder_paths.get_filename_list(STATS_FOLDER) if not is_temporary(name))
 
 
 def _full_path(folder: str, name: str, what: str) -> str:
@@ -51,7 +65,12 @@ def _full_path(folder: str, name: str, what: str) -> str:
 
 
 def load_named_plan(name: str) -> Plan:
-    return load_plan(_full_path(FOLDER, name, "plan"))
+    """The plan a node was given by name; a bad file's error says to fix or delete it."""
+    path = _full_path(FOLDER, name, "plan")
+    try:
+        return load_plan(path)
+    except PlanError as error:
+        raise PlanError(f"{error} ({FIX_HINT}: {path})") from None
 
 
 def plans_fitting(layers: int, heads: int, head_dim: int) -> list[str]:
@@ -69,11 +88,23 @@ def plans_fitting(layers: int, heads: int, head_dim: int) -> list[str]:
 
 
 def load_named_statistics(name: str) -> Statistics:
-    return load_statistics(_full_path(STATS_FOLDER, name, "statistics file"))
+    path = _full_path(STATS_FOLDER, name, "statistics file")
+    try:
+        return load_statistics(path)
+    except PlanError as error:
+        raise PlanError(f"{error} ({FIX_HINT}: {path})") from None
 
 
 def find_statistics(name: str) -> Statistics | None:
-    """The statistics a plan names, if they are in the folders."""
+    """The statistics a plan names, if they are in the folders; a bad file
+    raises PlanError naming it."""
     register_plan_folder()
-    path = folder_paths.get_full_path(STATS_FOLDER, name) if name else None
-    return load_statistics(path) if path else None
+    if not name or is_temporary(name):
+        return None
+    path = folder_paths.get_full_path(STATS_FOLDER, name)
+    if path is None:
+        return None
+    try:
+        return load_statistics(path)
+    except PlanError as error:
+        raise PlanError(f"{error} ({FIX_HINT}: {path})") from None

@@ -26,7 +26,8 @@ the first of them:
 
 A plan with one range is written as version 1, which older packs read.
 
-Every field is checked on load, and errors name the file and the field.
+Every field is checked on load (validation.py: types, ranges, sizes), and
+errors name the file and the field.
 """
 from __future__ import annotations
 
@@ -37,15 +38,13 @@ from dataclasses import dataclass, field
 from ..patterns.base import PatternError
 from ..patterns.layer import LayerPattern
 from ..patterns.registry import pattern_from_dict
+from . import validation as check
 from .atomic import atomic_write_text
+from .validation import PlanError  # noqa: F401  (defined there; imported from here by most callers)
 
 FORMAT_NAME = "sparse-vdit-plan"
 FORMAT_VERSION = 2  # the newest this pack reads and writes; version 1 has no later step ranges
 PROVENANCE_KINDS = ("static-baseline", "calibrated")
-
-
-class PlanError(ValueError):
-    """A plan that cannot be used, with a message a user can act on."""
 
 
 @dataclass(frozen=True)
@@ -134,17 +133,25 @@ def _require(data: dict, key: str, kind, where: str):
         raise PlanError(f"{where}: missing '{key}'")
     value = data[key]
     if kind is int and (isinstance(value, bool) or not isinstance(value, int)):
-        raise PlanError(f"{where}: '{key}' must be an integer, got {value!r}")
+        raise PlanError(f"{where}: '{key}' must be an integer, got {check.short(value)}")
     if kind is not int and not isinstance(value, kind):
-        raise PlanError(f"{where}: '{key}' must be {kind.__name__}, got {value!r}")
+        raise PlanError(f"{where}: '{key}' must be {kind.__name__}, got {check.short(value)}")
     return value
 
 
-def _positive(data: dict, key: str, where: str) -> int:
+def _count(data: dict, key: str, high: int, where: str) -> int:
     value = _require(data, key, int, where)
-    if value < 1:
-        raise PlanError(f"{where}: '{key}' must be >= 1, got {value}")
+    if not 1 <= value <= high:
+        raise PlanError(f"{where}: '{key}' must be between 1 and {high:,}, got {value:,}")
     return value
+
+
+def model_shape_from_dict(data, where: str) -> ModelShape:
+    """The model a plan or statistics file is for, within the pack's limits."""
+    data = check.json_object(data, where)
+    return ModelShape(check.text(_require(data, "family", str, where), f"{where}.family"),
+                      _count(data, "layers", check.MAX_LAYERS, where), _count(data, "heads", check.MAX_HEADS, where),
+                      _count(data, "head_dim", check.MAX_HEAD_DIM, where))
 
 
 def _dense_from_dict(data, where: str) -> DenseSchedule:
@@ -152,13 +159,11 @@ def _dense_from_dict(data, where: str) -> DenseSchedule:
         return DenseSchedule()
     if not isinstance(data, dict):
         raise PlanError(f"{where}: 'dense' must be an object")
-    fraction = data.get("warmup_fraction", 0.0)
-    if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0.0 <= fraction <= 1.0:
-        raise PlanError(f"{where}: dense.warmup_fraction must be a number in [0, 1], got {fraction!r}")
+    fraction = check.number(data.get("warmup_fraction", 0.0), 0.0, 1.0, f"{where}: dense.warmup_fraction")
     sigma = data.get("sigma_above")
-    if sigma is not None and (isinstance(sigma, bool) or not isinstance(sigma, (int, float)) or sigma < 0):
-        raise PlanError(f"{where}: dense.sigma_above must be null or a number >= 0, got {sigma!r}")
-    return DenseSchedule(float(fraction), None if sigma is None else float(sigma))
+    if sigma is not None:
+        sigma = check.number(sigma, 0.0, 1e30, f"{where}: dense.sigma_above (null or)")
+    return DenseSchedule(fraction, sigma)
 
 
 def _layers_from_list(layer_list: list, model: ModelShape, source: str) -> tuple[LayerPattern, ...]:
@@ -170,12 +175,15 @@ def _layers_from_list(layer_list: list, model: ModelShape, source: str) -> tuple
         if not isinstance(entry, dict):
             raise PlanError(f"{where}: must be an object with 'heads'")
         if entry.get("layer", index) != index:
-            raise PlanError(f"{where}: entry says layer {entry.get('layer')!r}; layers must be listed in order")
+            raise PlanError(f"{where}: entry says layer {check.short(entry.get('layer'))}; layers must be listed in order")
         heads = _require(entry, "heads", list, where)
         if len(heads) != model.heads:
             raise PlanError(f"{where}: lists {len(heads)} heads, model has {model.heads}")
         patterns = []
         for head, head_entry in enumerate(heads):
+            if not isinstance(head_entry, dict) or not isinstance(head_entry.get("mode"), str):
+                raise PlanError(f"{where}, head {head}: must be an object with a 'mode' name, got "
+                                f"{check.short(head_entry)}")
             try:
                 patterns.append(pattern_from_dict(head_entry))
             except PatternError as error:
@@ -191,17 +199,21 @@ def _later_ranges_from_list(entries, version: int, model: ModelShape, source: st
         raise PlanError(f"{source}: 'later_step_ranges' needs plan format version 2, the file says {version}")
     if not isinstance(entries, list):
         raise PlanError(f"{source}: 'later_step_ranges' must be a list")
+    if len(entries) >= check.MAX_STEP_RANGES:
+        raise PlanError(f"{source}: {len(entries):,} later step ranges; at most {check.MAX_STEP_RANGES - 1}")
+    if model.layers * model.heads * (1 + len(entries)) > check.MAX_HEAD_ENTRIES:
+        raise PlanError(f"{source}: {model.layers} layers x {model.heads} heads x {1 + len(entries)} step ranges is "
+                        f"more than {check.MAX_HEAD_ENTRIES:,} head entries")
     ranges, previous = [], 0.0
     for index, entry in enumerate(entries):
         where = f"{source}: later_step_ranges[{index}]"
         if not isinstance(entry, dict):
             raise PlanError(f"{where}: must be an object with 'from_step_fraction' and 'layers'")
-        start = entry.get("from_step_fraction")
-        if isinstance(start, bool) or not isinstance(start, (int, float)) or not previous < start < 1:
-            raise PlanError(f"{where}: from_step_fraction must be a number in ({previous:g}, 1), increasing "
-                            f"from range to range; got {start!r}")
-        ranges.append(StepRange(float(start), _layers_from_list(_require(entry, "layers", list, where), model, where)))
-        previous = float(start)
+        start = check.number(entry.get("from_step_fraction"), previous, 1.0,
+                             f"{where}: from_step_fraction (increasing from range to range)", open_low=True,
+                             open_high=True)
+        ranges.append(StepRange(start, _layers_from_list(_require(entry, "layers", list, where), model, where)))
+        previous = start
     return tuple(ranges)
 
 
@@ -209,30 +221,21 @@ def plan_from_dict(data, source: str = "plan") -> Plan:
     if not isinstance(data, dict):
         raise PlanError(f"{source}: a plan must be a JSON object")
     if data.get("format") != FORMAT_NAME:
-        raise PlanError(f"{source}: not a Sparse-vDiT plan (format is {data.get('format')!r}, expected {FORMAT_NAME!r})")
+        raise PlanError(f"{source}: not a Sparse-vDiT plan (format is {check.short(data.get('format'))}, "
+                        f"expected {FORMAT_NAME!r})")
     version = data.get("version")
     if isinstance(version, bool) or not isinstance(version, int):
-        raise PlanError(f"{source}: 'version' must be an integer, got {version!r}")
+        raise PlanError(f"{source}: 'version' must be an integer, got {check.short(version)}")
     if not 1 <= version <= FORMAT_VERSION:
         newer = " (made by a newer Sparse-vDiT: update the pack)" if version > FORMAT_VERSION else ""
         raise PlanError(f"{source}: plan format version {version} is not supported; this pack reads version {FORMAT_VERSION}{newer}")
-    model_data = _require(data, "model", dict, source)
-    family = _require(model_data, "family", str, f"{source}: model")
-    model = ModelShape(family, _positive(model_data, "layers", f"{source}: model"),
-                       _positive(model_data, "heads", f"{source}: model"),
-                       _positive(model_data, "head_dim", f"{source}: model"))
-    layers = _layers_from_list(_require(data, "layers", list, source), model, source)
+    model = model_shape_from_dict(_require(data, "model", dict, source), f"{source}: model")
+    name = check.text(data.get("name", ""), f"{source}: 'name'")
+    provenance = check.provenance(data.get("provenance", {}), source)
+    dense = _dense_from_dict(data.get("dense"), source)
     later = _later_ranges_from_list(data.get("later_step_ranges"), version, model, source)
-    provenance = data.get("provenance", {})
-    if not isinstance(provenance, dict):
-        raise PlanError(f"{source}: 'provenance' must be an object")
-    kind = provenance.get("kind", "static-baseline")
-    if kind not in PROVENANCE_KINDS:
-        raise PlanError(f"{source}: provenance.kind must be one of {PROVENANCE_KINDS}, got {kind!r}")
-    name = data.get("name", "")
-    if not isinstance(name, str):
-        raise PlanError(f"{source}: 'name' must be a string")
-    return Plan(name, model, layers, _dense_from_dict(data.get("dense"), source), dict(provenance), later)
+    layers = _layers_from_list(_require(data, "layers", list, source), model, source)
+    return Plan(name, model, layers, dense, provenance, later)
 
 
 def _layers_to_list(layers: tuple[LayerPattern, ...]) -> list[dict]:
@@ -280,26 +283,20 @@ def dumps_plan(plan: Plan) -> str:
 
 
 def loads_plan(text: str, source: str = "plan") -> Plan:
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as error:
-        raise PlanError(f"{source}: not valid JSON (truncated or malformed?): {error}") from None
-    return plan_from_dict(data, source)
+    return plan_from_dict(check.parse_json(text, source), source)
 
 
 def load_plan(path: str) -> Plan:
-    try:
-        with open(path, encoding="utf-8") as handle:
-            text = handle.read()
-    except OSError as error:
-        raise PlanError(f"cannot read plan file {path}: {error.strerror or error}") from None
-    except UnicodeDecodeError:
-        raise PlanError(f"{path}: not a text file") from None
-    return loads_plan(text, source=path)
+    return loads_plan(check.read_text(path, check.MAX_PLAN_BYTES, "plan file"), source=path)
+
+
+def checked_text(plan: Plan, path: str) -> str:
+    """The plan's file text, validated by reading it back as the loader will."""
+    text = dumps_plan(plan)
+    loads_plan(text, source=path)
+    return text
 
 
 def save_plan(plan: Plan, path: str) -> None:
     """Validate by round-trip, then write atomically."""
-    text = dumps_plan(plan)
-    loads_plan(text, source=path)
-    atomic_write_text(path, text)
+    atomic_write_text(path, checked_text(plan, path))

@@ -19,9 +19,10 @@ from dataclasses import dataclass, field
 import torch
 
 from ..patterns import Geometry
-from .atomic import atomic_write
+from . import validation as check
+from .atomic import atomic_write, atomic_write_pair, text_writer
 from .candidates import Candidate
-from .format import ModelShape, PlanError
+from .format import ModelShape, Plan, PlanError, checked_text
 
 STATS_FORMAT = "sparse-vdit-statistics"
 STATS_VERSION = 1
@@ -51,7 +52,7 @@ class Statistics:
             raise PlanError("statistics tensors have inconsistent shapes")
 
 
-def save_statistics(stats: Statistics, path: str) -> None:
+def _writer(stats: Statistics):
     from safetensors.torch import save_file
 
     stats.check()
@@ -63,30 +64,36 @@ def save_statistics(stats: Statistics, path: str) -> None:
         "candidates": json.dumps([c.to_dict() for c in stats.candidates]),
         "cost_source": stats.cost_source, "info": json.dumps(stats.info),
     }
-    atomic_write(path, lambda tmp: save_file({k: v.contiguous().cpu() for k, v in tensors.items()}, tmp, metadata))
+    return lambda tmp: save_file({k: v.contiguous().cpu() for k, v in tensors.items()}, tmp, metadata)
+
+
+def save_statistics(stats: Statistics, path: str) -> None:
+    atomic_write(path, _writer(stats))
+
+
+def save_plan_with_statistics(plan: Plan, plan_path: str, stats: Statistics, stats_path: str) -> None:
+    """A calibrated plan and the statistics it was solved from, written as a
+    pair or not at all (no statistics file without its plan)."""
+    atomic_write_pair([(stats_path, _writer(stats)), (plan_path, text_writer(checked_text(plan, plan_path)))])
 
 
 def load_statistics(path: str) -> Statistics:
+    """Every tensor and field checked (validation.py) before anything uses
+    them; any problem is a PlanError naming the file and the field."""
     from safetensors import safe_open
 
+    check.file_size_limit(path, check.MAX_STATS_BYTES, "statistics file")
     try:
         with safe_open(path, framework="pt") as handle:
             metadata = handle.metadata() or {}
             tensors = {name: handle.get_tensor(name) for name in handle.keys()}
-    except Exception as error:  # missing, truncated, not safetensors
-        raise PlanError(f"cannot read statistics file {path}: {error}") from None
+    except Exception as error:  # missing, truncated, not safetensors, an unknown dtype
+        raise PlanError(f"cannot read statistics file {path}: {check.short(str(error), 200)}") from None
     if metadata.get("format") != STATS_FORMAT:
         raise PlanError(f"{path}: not a Sparse-vDiT statistics file")
     if metadata.get("version") != str(STATS_VERSION):
-        raise PlanError(f"{path}: statistics version {metadata.get('version')} is not supported (this pack reads {STATS_VERSION})")
-    try:
-        stats = Statistics(
-            ModelShape(**json.loads(metadata["model"])), Geometry.from_dict(json.loads(metadata["geometry"])),
-            tuple(Candidate.from_dict(c) for c in json.loads(metadata["candidates"])),
-            tensors["sq_err"], tensors["power"], tensors["cost"], tensors["stripe_frames"], tensors["frame_mass"],
-            tensors["thumbnails"], tensors["probe_steps"], metadata.get("cost_source", "block-count"),
-            json.loads(metadata.get("info", "{}")))
-    except (KeyError, TypeError, ValueError) as error:
-        raise PlanError(f"{path}: incomplete statistics ({error})") from None
+        raise PlanError(f"{path}: statistics version {check.short(metadata.get('version'))} is not supported "
+                        f"(this pack reads {STATS_VERSION})")
+    stats = Statistics(**check.statistics_parts(metadata, tensors, path))
     stats.check()
     return stats
