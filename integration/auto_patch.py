@@ -22,9 +22,9 @@ from ..patterns import Geometry
 from ..plans.calibrator import Calibrator
 from ..plans.candidates import MENUS
 from ..plans.cost import candidate_costs
-from ..plans.format import DenseSchedule, ModelShape, Plan, PlanError, load_plan, save_plan
+from ..plans.format import DenseSchedule, ModelShape, Plan, PlanError, load_plan
 from ..plans.search import solve_plan
-from ..plans.statistics import save_statistics
+from ..plans.statistics import save_plan_with_statistics
 from .calibrate import STATS_SUFFIX
 from .calibration_hook import observe
 from .forward_info import ForwardInfo
@@ -130,8 +130,7 @@ class AutoPatch(SparsePatch):
         stats = calibrator.statistics(cost, source)
         plan = solve_plan(stats, self.search["lam"], self.search["eps"], name=name, warmup=self.warmup,
                           statistics=name + STATS_SUFFIX)
-        save_statistics(stats, os.path.join(self.folder, name + STATS_SUFFIX))
-        save_plan(plan, self.plan_path(geometry))
+        save_plan_with_statistics(plan, self.plan_path(geometry), stats, os.path.join(self.folder, name + STATS_SUFFIX))
         self.plans[geometry] = plan
         log.info("Sparse-vDiT auto: calibrated and saved %s.json (predicted attention speedup %.2fx, %s); "
                  "the next run with this model and grid uses it.", name, plan.provenance["predicted_attention_speedup"],

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import time
 from dataclasses import dataclass
 from typing import Callable
@@ -16,9 +15,10 @@ import torch
 from ..plans.calibrator import Calibrator, parse_indices
 from ..plans.candidates import MENUS
 from ..plans.cost import candidate_costs
-from ..plans.format import ModelShape, Plan, PlanError, save_plan
+from ..plans.format import ModelShape, Plan, PlanError
 from ..plans.search import solve_plan
-from ..plans.statistics import Statistics, save_statistics
+from ..plans.statistics import Statistics, save_plan_with_statistics
+from ..plans.validation import check_plan_name  # noqa: F401  (nodes import it from here too)
 from ..plans.step_ranges import range_counts
 from .calibration_hook import CalibrationHook
 from .install import install_hook, require_model_info
@@ -35,15 +35,6 @@ class CalibrationResult:
     statistics_path: str
     samples: object  # whatever the sample function returned (the dense latent)
     seconds: float
-
-
-def check_plan_name(name: str) -> str:
-    name = name.strip()
-    if name.endswith(".json"):
-        name = name[:-5]
-    if not name or not re.fullmatch(r"[A-Za-z0-9_.\- ]+", name) or name.startswith("."):
-        raise PlanError(f"plan name {name!r} must be a plain file name (letters, digits, space, . _ -)")
-    return name
 
 
 def calibrate(model_patcher, sample: Callable[[object], object], *, plan_name: str, folder: str,
@@ -85,8 +76,7 @@ def calibrate(model_patcher, sample: Callable[[object], object], *, plan_name: s
     check_interrupt()
     plan_path = os.path.join(folder, name + ".json")
     stats_path = os.path.join(folder, name + STATS_SUFFIX)
-    save_statistics(stats, stats_path)
-    save_plan(plan, plan_path)
+    save_plan_with_statistics(plan, plan_path, stats, stats_path)
     seconds = time.perf_counter() - start
     log.info("Sparse-vDiT: calibrated '%s' in %.1f s (%s, probe steps %s); predicted attention speedup %.2fx; "
              "%.0f%% of heads get the same pattern at every probed step; %s; wrote %s and %s.", name, seconds,
