@@ -1,9 +1,13 @@
 """The plan picture: every cell of every step range shows its head's mode."""
 from dataclasses import replace
 
-from sparse_vdit.patterns import Diagonal, Full, LayerPattern, MultiDiagonal, Skip, VerticalStripe
-from sparse_vdit.plans.format import DenseSchedule, ModelShape, Plan, StepRange
-from sparse_vdit.plans.preview import COLOURS, grid_layout, render_plan
+import pytest
+
+pytest.importorskip("PIL", reason="the plan picture needs Pillow (pip install -e .[test] brings it)")
+
+from sparse_vdit.patterns import Diagonal, Full, LayerPattern, MultiDiagonal, Skip, VerticalStripe  # noqa: E402
+from sparse_vdit.plans.format import DenseSchedule, ModelShape, Plan, StepRange  # noqa: E402
+from sparse_vdit.plans.preview import COLOURS, grid_layout, render_plan  # noqa: E402
 
 FIRST = (LayerPattern((Diagonal(1), Full(), VerticalStripe((0,)))), LayerPattern((Skip(), MultiDiagonal(1), Full())))
 LATER = (LayerPattern((Full(), Full(), Skip())), LayerPattern((Diagonal(0), VerticalStripe((0,)), MultiDiagonal(1))))

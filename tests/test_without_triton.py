@@ -1,0 +1,83 @@
+"""The pack without Triton: Windows without triton-windows, macOS, any venv
+that never had it (requirements.txt asks for Triton only where a wheel
+exists, so such installs are expected).
+
+A subprocess makes ``import triton`` fail (``sys.modules["triton"] = None``:
+``import`` raises ModuleNotFoundError and ``importlib.util.find_spec``
+answers None, as on a machine without it), so this runs whether or not
+Triton is installed here. In it:
+
+- every module of the pack imports (the ComfyUI nodes too when
+  ``$COMFYUI_PATH`` is set), and the kernel bridge says it cannot serve, so
+  the dispatcher takes the dense / reference path;
+- the demo test, the override's routing tests and, with ComfyUI, the
+  loading and Patch node integration tests pass.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import comfy_harness
+
+TESTS_DIR = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(TESTS_DIR)
+
+#: the demo, the hook without ComfyUI, then the pack loaded and used by a real ComfyUI
+INNER_TESTS = ["test_demo.py", "test_sparse_patch.py", "test_comfy_loading.py", "test_integration_patch.py"]
+
+IMPORT_EVERYTHING = """
+import importlib, pkgutil, sys
+sys.modules["triton"] = None  # as if it were not installed
+import torch
+import sparse_vdit
+skip_nodes = not %(with_comfy)r
+names = []
+for info in pkgutil.walk_packages(sparse_vdit.__path__, "sparse_vdit."):
+    if skip_nodes and info.name.startswith("sparse_vdit.nodes"):
+        continue  # they import comfy_api: only with a ComfyUI
+    importlib.import_module(info.name)
+    names.append(info.name)
+if %(with_comfy)r:
+    sys.path.insert(0, %(tests)r)
+    import comfy_harness
+    comfy_harness.import_comfy()
+    for info in pkgutil.walk_packages(sparse_vdit.__path__, "sparse_vdit."):
+        if info.name.startswith("sparse_vdit.nodes"):
+            importlib.import_module(info.name)
+            names.append(info.name)
+from sparse_vdit.kernels import triton_backend, triton_sparse
+assert triton_sparse.triton is None, "triton was imported after all"
+assert not triton_backend.can_serve(torch.zeros(1, 8, 2, 64, dtype=torch.float16))
+assert "triton" not in sys.modules or sys.modules["triton"] is None
+print("imported", len(names), "modules without triton")
+"""
+
+RUN_TESTS = """
+import sys
+sys.modules["triton"] = None  # as if it were not installed
+import pytest
+sys.exit(pytest.main(sys.argv[1:]))
+"""
+
+
+def _run(code: str, *args: str, timeout: float = 900) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", code, *args], cwd=REPO, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def test_every_module_imports_and_the_kernel_declines_without_triton():
+    with_comfy = comfy_harness.comfyui_path() is not None
+    done = _run(IMPORT_EVERYTHING % {"with_comfy": with_comfy, "tests": TESTS_DIR})
+    assert done.returncode == 0, done.stdout + done.stderr
+    count = int(done.stdout.split("imported ", 1)[1].split()[0])
+    assert count >= 20, done.stdout  # the walk found the pack's modules, not an empty package
+
+
+def test_demo_and_node_tests_pass_without_triton():
+    files = [os.path.join(TESTS_DIR, name) for name in INNER_TESTS]
+    done = _run(RUN_TESTS, "-q", "-p", "no:cacheprovider", "-m", "not gpu", *files)
+    tail = (done.stdout + done.stderr)[-4000:]
+    assert done.returncode == 0, tail
+    assert " passed" in tail and " failed" not in tail, tail
