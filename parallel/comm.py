@@ -1,0 +1,79 @@
+"""The Ulysses all-to-alls in yunchang's layout, on torch.distributed.
+
+Rank r of a group of P holds tokens [r*s, (r+1)*s) of a sequence of P*s
+(padded) tokens for all H heads. `seq_to_heads` gives every rank the whole
+sequence for its block of h = H/P heads: rank r gets heads
+order[r*h:(r+1)*h] (order = 0..H-1 unless a balancing permutation is
+given; with the identity this is yunchang's `all_to_all_4D(scatter_idx=2,
+gather_idx=1)`). `heads_to_seq` is its inverse. Both are collectives: every
+rank of the group must call them, in the same order, whatever it decided
+to do in between.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+import torch.distributed as dist
+
+
+def group_size(group=None) -> int:
+    return dist.get_world_size(group)
+
+
+def group_rank(group=None) -> int:
+    return dist.get_rank(group)
+
+
+def _exchange(send: torch.Tensor, group) -> torch.Tensor:
+    """all_to_all_single over dim 0 (one slice per rank)."""
+    recv = torch.empty_like(send)
+    dist.all_to_all_single(recv, send, group=group)
+    return recv
+
+
+def _order(order: torch.Tensor | None, device) -> torch.Tensor | None:
+    return None if order is None else order.to(device=device, dtype=torch.long)
+
+
+def seq_to_heads(tensors: Sequence[torch.Tensor], group=None, order: torch.Tensor | None = None) -> list[torch.Tensor]:
+    """[B, s, H, D] chunks (one or more tensors of one shape, sent in one
+    collective) -> [B, P*s, h, D] contiguous: the whole sequence, this
+    rank's heads."""
+    world = group_size(group)
+    batch, chunk, heads, head_dim = tensors[0].shape
+    if heads % world:
+        raise ValueError(f"{heads} heads do not split over {world} ranks")
+    h = heads // world
+    index = _order(order, tensors[0].device)
+    send = torch.empty((world, len(tensors), batch, chunk, h, head_dim), dtype=tensors[0].dtype,
+                       device=tensors[0].device)
+    for i, x in enumerate(tensors):
+        if x.shape != tensors[0].shape:
+            raise ValueError("seq_to_heads sends tensors of one shape")
+        if index is not None:
+            x = x.index_select(2, index)
+        # [B, s, P, h, D] -> [P, B, s, h, D]: slice j goes to rank j
+        send[:, i].copy_(x.reshape(batch, chunk, world, h, head_dim).permute(2, 0, 1, 3, 4))
+    recv = _exchange(send, group)  # slice j: rank j's tokens, my heads
+    # [P, n, B, s, h, D] -> n x [B, P*s, h, D]
+    return [recv[:, i].permute(1, 0, 2, 3, 4).reshape(batch, world * chunk, h, head_dim) for i in range(len(tensors))]
+
+
+def heads_to_seq(x: torch.Tensor, group=None, order: torch.Tensor | None = None) -> torch.Tensor:
+    """[B, P*s, h, D] (this rank's heads, whole sequence) -> [B, s, H, D]
+    (every head, this rank's tokens), heads back in model order."""
+    world = group_size(group)
+    batch, length, h, head_dim = x.shape
+    if length % world:
+        raise ValueError(f"{length} tokens do not split over {world} ranks")
+    chunk = length // world
+    send = x.reshape(batch, world, chunk, h, head_dim).permute(1, 0, 2, 3, 4).contiguous()
+    recv = _exchange(send, group)  # slice j: rank j's heads, my tokens
+    out = recv.permute(1, 2, 0, 3, 4).reshape(batch, chunk, world * h, head_dim)
+    index = _order(order, x.device)
+    if index is None:
+        return out
+    restored = torch.empty_like(out)
+    restored.index_copy_(2, index, out)  # position i of the sent order is model head order[i]
+    return restored
