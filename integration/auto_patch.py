@@ -28,8 +28,8 @@ from ..plans.statistics import save_plan_with_statistics
 from .calibrate import STATS_SUFFIX
 from .calibration_hook import observe
 from .forward_info import ForwardInfo
-from .install import schedule_for
-from .model_info import ModelInfo
+from .install import WRAPPER_KEY, check_warmup, install_hook, schedule_for, unsupported
+from .model_info import ModelInfo, describe_model
 from .sparse_patch import SparsePatch
 
 log = logging.getLogger("sparse_vdit")
@@ -135,3 +135,21 @@ class AutoPatch(SparsePatch):
         log.info("Sparse-vDiT auto: calibrated and saved %s.json (predicted attention speedup %.2fx, %s); "
                  "the next run with this model and grid uses it.", name, plan.provenance["predicted_attention_speedup"],
                  plan.describe_step_ranges())
+
+
+def apply_auto(model_patcher, folder: str, dense_warmup: float | None = None, backend: str = "auto"):
+    """A clone whose video self-attention follows the auto plan for its grid
+    (calibrated by the first run that needs one: see auto_patch.py)."""
+    import comfy.patcher_extension as extension
+
+    info = describe_model(model_patcher)
+    if info is None:
+        return unsupported(model_patcher)
+    check_warmup(dense_warmup)
+    fingerprint = weights_fingerprint(model_patcher.model.diffusion_model)
+    hook = AutoPatch(info, folder, fingerprint, dense_warmup, backend)
+    patched = install_hook(model_patcher, hook)
+    patched.remove_wrappers_with_key(extension.WrappersMP.OUTER_SAMPLE, WRAPPER_KEY)
+    patched.add_wrapper_with_key(extension.WrappersMP.OUTER_SAMPLE, WRAPPER_KEY, hook.wrap_sample)
+    log.info("Sparse-vDiT: auto plan on %s (weights %s).", info.describe(), fingerprint)
+    return patched

@@ -3,7 +3,6 @@ the token grid of the current latent and the sampling step. The diffusion
 model wrapper computes them and puts them in transformer_options."""
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 
 import torch
@@ -26,31 +25,12 @@ class ForwardInfo:
     countable: bool = True
 
 
-def grid_geometry(x: torch.Tensor, patch_size: tuple[int, int, int], pad: bool = True) -> Geometry:
-    """The video grid of latent x [B, C, T, H, W] after patchify (padded up
-    to the patch size, or floored)."""
-    size = (lambda n, p: math.ceil(n / p)) if pad else (lambda n, p: n // p)
-    return Geometry(*(size(n, p) for n, p in zip(x.shape[2:], patch_size)))
-
-
-def wan_geometry(x: torch.Tensor, patch_size: tuple[int, int, int], time_dim_concat=None,
-                 reference_latent=None) -> Geometry:
-    """Tokens of Wan self-attention for latent x [B, C, T, H, W]: the video
-    grid after padding to the patch size, frames appended through
-    time_dim_concat, and Fun-style reference tokens placed first."""
-    grid = grid_geometry(x, patch_size)
-    frames = grid.frames
-    if time_dim_concat is not None:
-        frames += math.ceil(time_dim_concat.shape[2] / patch_size[0])
-    prefix = grid.rows * grid.cols if reference_latent is not None else 0
-    return Geometry(frames, grid.rows, grid.cols, prefix=prefix)
-
-
-def key_padding_length(mask: torch.Tensor, seq_len: int) -> int | None:
-    """For a mask that only hides a trailing run of keys, the same for every
-    query and batch row (HunyuanVideo's padded text), the number of keys
-    kept; None for any other mask. Boolean masks keep True; additive masks
-    keep 0 and hide large negative values."""
+def hidden_key_run(mask: torch.Tensor, seq_len: int) -> tuple[int, int] | None:
+    """For a mask that only hides one contiguous run of keys, the same for
+    every query and batch row (HunyuanVideo's padded text), that run as
+    (start, end) (start == end: nothing hidden); None for any other mask.
+    Boolean masks keep True; additive masks keep 0 and hide large negative
+    values."""
     if mask.shape[-1] != seq_len or (mask.ndim >= 2 and mask.shape[-2] != 1):
         return None
     rows = mask.reshape(-1, seq_len)
@@ -58,13 +38,16 @@ def key_padding_length(mask: torch.Tensor, seq_len: int) -> int | None:
         return None
     row = rows[0]
     if row.dtype == torch.bool:
-        keep = row
+        hidden = ~row
     else:
-        keep = row == 0
+        hidden = row != 0
         if not bool(((row == 0) | (row < -1e4)).all()):
             return None  # a soft bias, not padding
-    kept = int(keep.sum())
-    return kept if bool(keep[:kept].all()) else None
+    where = torch.nonzero(hidden).flatten()
+    if where.numel() == 0:
+        return seq_len, seq_len
+    start, end = int(where[0]), int(where[-1]) + 1
+    return (start, end) if end - start == where.numel() else None
 
 
 def step_of(transformer_options: dict) -> tuple[int | None, int | None, float | None]:

@@ -39,7 +39,7 @@ def require_model_info(model_patcher) -> ModelInfo:
     return info
 
 
-def _unsupported(model_patcher):
+def unsupported(model_patcher):
     """A model the pack does not understand: an unpatched clone, one log line."""
     log.warning("Sparse-vDiT: %s is not a model this pack supports yet; it runs dense, unpatched.",
                 _model_name(model_patcher))
@@ -66,26 +66,6 @@ def install_hook(model_patcher, hook: VideoAttentionHook):
     return patched
 
 
-def apply_auto(model_patcher, folder: str, dense_warmup: float | None = None, backend: str = "auto"):
-    """A clone whose video self-attention follows the auto plan for its grid
-    (calibrated by the first run that needs one: see auto_patch.py)."""
-    import comfy.patcher_extension as extension
-
-    from .auto_patch import AutoPatch, weights_fingerprint
-
-    info = describe_model(model_patcher)
-    if info is None:
-        return _unsupported(model_patcher)
-    check_warmup(dense_warmup)
-    fingerprint = weights_fingerprint(model_patcher.model.diffusion_model)
-    hook = AutoPatch(info, folder, fingerprint, dense_warmup, backend)
-    patched = install_hook(model_patcher, hook)
-    patched.remove_wrappers_with_key(extension.WrappersMP.OUTER_SAMPLE, WRAPPER_KEY)
-    patched.add_wrapper_with_key(extension.WrappersMP.OUTER_SAMPLE, WRAPPER_KEY, hook.wrap_sample)
-    log.info("Sparse-vDiT: auto plan on %s (weights %s).", info.describe(), fingerprint)
-    return patched
-
-
 def apply_plan(model_patcher, plan: Plan, dense_warmup: float | None = None, backend: str = "auto"):
     """Return a clone of model_patcher whose video self-attention follows plan.
 
@@ -95,7 +75,7 @@ def apply_plan(model_patcher, plan: Plan, dense_warmup: float | None = None, bac
     """
     info = describe_model(model_patcher)
     if info is None:
-        return _unsupported(model_patcher)
+        return unsupported(model_patcher)
     plan.check_model(info.layers, info.heads, info.head_dim, what=f"the connected model ({info.family})")
     schedule = schedule_for(plan, dense_warmup)
     patched = install_hook(model_patcher, SparsePatch(plan, info, schedule, backend=backend))

@@ -81,12 +81,15 @@ class SparsePatch(VideoAttentionHook):
         dense = self.dense_heads_fn(func, kwargs, info)
         out = layer_attention(q, k, v, compiled, heads=heads, layout=layout, out_layout=out_layout, dense_fn=dense,
                               backend="triton" if self.backend == "auto" else self.backend)
-        padded = call["geometry"].seq_len - geometry.seq_len
-        if not padded:
+        hidden = call.get("hidden")
+        if hidden is None or hidden[0] == hidden[1]:
             return out
-        # Queries of padded text tokens: dense over the kept keys, as the mask had it.
-        q_pad = as_blhd(call["q"], layout, heads)[:, geometry.seq_len:].transpose(1, 2)
+        # Queries of padded text tokens: dense over the kept keys, as the mask
+        # had it, put back where they were.
+        start, end = hidden
+        q_pad = as_blhd(call["q"], layout, heads)[:, start:end].transpose(1, 2)
         tail = dense(q_pad, as_blhd(k, layout, heads).transpose(1, 2), as_blhd(v, layout, heads).transpose(1, 2))
         if out_layout == "bhld":
-            return torch.cat([out, tail], dim=2)
-        return torch.cat([out, tail.transpose(1, 2).reshape(tail.shape[0], padded, -1)], dim=1)
+            return torch.cat([out[:, :, :start], tail, out[:, :, start:]], dim=2)
+        tail = tail.transpose(1, 2).reshape(tail.shape[0], end - start, -1)
+        return torch.cat([out[:, :start], tail, out[:, start:]], dim=1)

@@ -21,7 +21,7 @@ import torch
 
 from ..patterns.geometry import Geometry
 from .forward_info import KEY as FORWARD_KEY
-from .forward_info import ForwardInfo, grid_geometry, key_padding_length, step_of, wan_geometry
+from .forward_info import ForwardInfo, hidden_key_run, step_of
 from .model_info import ModelInfo
 
 OVERRIDE_KEY = "optimized_attention_override"
@@ -83,15 +83,22 @@ class VideoAttentionHook:
 
     @staticmethod
     def kept_tokens(call: dict) -> tuple[Geometry, tuple]:
-        """The call's geometry and q, k, v without padded text tokens (the
-        keys its mask hides, which sit at the end)."""
-        geometry, valid = call["geometry"], call.get("valid_len")
+        """The call's geometry and q, k, v without the keys its mask hides
+        (padded text: one run inside the text span)."""
+        geometry, hidden = call["geometry"], call.get("hidden")
         qkv = (call["q"], call["k"], call["v"])
-        if valid is None or valid == geometry.seq_len:
+        if hidden is None or hidden[0] == hidden[1]:
             return geometry, qkv
+        start, end = hidden
         axis = 2 if call.get("skip_reshape") else 1
-        return (replace(geometry, suffix=geometry.suffix - (geometry.seq_len - valid)),
-                tuple(x.narrow(axis, 0, valid) for x in qkv))
+        if start >= geometry.prefix + geometry.video_tokens:
+            kept = replace(geometry, suffix=geometry.suffix - (end - start))
+        else:
+            kept = replace(geometry, prefix=geometry.prefix - (end - start))
+        if end == geometry.seq_len:
+            return kept, tuple(x.narrow(axis, 0, start) for x in qkv)
+        return kept, tuple(torch.cat([x.narrow(axis, 0, start), x.narrow(axis, end, x.shape[axis] - end)], axis)
+                           for x in qkv)
 
     def dense_heads_fn(self, func, kwargs: dict, info: ForwardInfo):
         """A dense function over [B, h, L, D] for a group of heads of a call,
@@ -124,42 +131,60 @@ class VideoAttentionHook:
     def handle(self, func, call: dict, layer: int, info: ForwardInfo, args, kwargs):
         raise NotImplementedError
 
+    def declined_arguments(self, call: dict) -> str | None:
+        """Keyword arguments (ComfyUI >= 0.2x) the sparse path does not
+        compute: a call carrying them goes down the chain."""
+        scale = call.get("scale")
+        if scale is not None:
+            head_dim = call["q"].shape[-1] if call.get("skip_reshape") else call["q"].shape[-1] // int(call["heads"])
+            if abs(float(scale) - head_dim ** -0.5) > 1e-6 * head_dim ** -0.5:
+                return f"scale={float(scale):.4g}"
+        if call.get("enable_gqa"):
+            return "enable_gqa"
+        return None
+
     def video_layer(self, call: dict, info: ForwardInfo | None, options: dict) -> int | None:
         """The layer of a video self-attention call this hook can take, else
-        None. Sets call["geometry"] (the grid plus any text tokens of this
-        call) and, for a padded-text mask, call["valid_len"]."""
+        None. Sets call["geometry"] (the grid plus any extra and text tokens
+        of this call) and, for a padded-text mask, call["hidden"]."""
         q, k = call.get("q"), call.get("k")
-        if info is None or q is None or k is None or call.get("heads") is None:
+        if info is None or not torch.is_tensor(q) or not torch.is_tensor(k) or call.get("heads") is None:
             return None
         seq_axis = 2 if call.get("skip_reshape") else 1
         q_len, k_len = q.shape[seq_axis], k.shape[seq_axis]
-        geometry = info.geometry
-        if self.model.text_after_video and q_len == k_len and q_len > geometry.seq_len:
-            geometry = replace(geometry, suffix=q_len - geometry.prefix - geometry.video_tokens)
-        if q_len != k_len or q_len != geometry.seq_len:
-            if q_len == k_len and q_len > 1 and not self.model.text_after_video:
+        tokens = self.model.place(q_len, info.geometry) if q_len == k_len else None
+        if tokens is None:
+            if q_len == k_len and q_len > 1 and self.model.text == "none":
                 self.log_once(f"len:{q_len}", "self-attention of %d tokens does not match the latent grid %s; it runs dense.",
                               q_len, info.geometry.describe())
             return None  # cross-attention, a text refiner, or another module's attention
+        contradiction = self.model.disagreement(tokens, options)
+        if contradiction is not None:
+            self.log_once(f"contradiction:{contradiction}", "%s; this call runs dense.", contradiction)
+            return None
         # A video self-attention call: count it (models without block_index).
         info.self_attention_calls += 1
-        index = options.get("block_index")
+        index = self.model.layer_of(options, info.self_attention_calls - 1 if info.countable else None)
         if index is None:
-            if not info.countable:
-                self.log_once("uncountable", "this model makes extra self-attention calls (VACE) and ComfyUI gives no "
-                              "block_index (needs ComfyUI >= 0.5.0): it runs dense.")
-                return None
-            index = info.self_attention_calls - 1
-        elif options.get("block_type") == "single":
-            index += self.model.double_layers
+            self.log_once("uncountable", "this model makes extra self-attention calls (VACE) and ComfyUI gives no "
+                          "block_index (needs ComfyUI >= 0.5.0): it runs dense.")
+            return None
+        declined = self.declined_arguments(call)
+        if declined is not None:
+            self.log_once(f"kwarg:{declined}", "a self-attention call with %s is not one the sparse path computes; "
+                          "it runs dense.", declined)
+            return None
         heads = int(call["heads"])
         head_dim = q.shape[-1] if call.get("skip_reshape") else q.shape[-1] // heads
         if call.get("mask") is not None:
-            valid = key_padding_length(call["mask"], q_len)
-            if valid is None or valid < geometry.prefix + geometry.video_tokens:
+            hidden = hidden_key_run(call["mask"], q_len)
+            span = tokens.text_span
+            if hidden is not None and hidden[0] < hidden[1] and (span is None or not span[0] <= hidden[0] < hidden[1] <= span[1]):
+                hidden = None  # it hides something other than padded text
+            if hidden is None:
                 self.log_once("mask", "this attention mask is not one the sparse path supports; masked calls run dense.")
                 return None
-            call["valid_len"] = valid
+            call["hidden"] = hidden
         if (heads, head_dim) != (self.model.heads, self.model.head_dim):
             self.log_once(f"shape:{heads}x{head_dim}", "a call with %d heads x %d does not fit %s; it runs dense.",
                           heads, head_dim, self.model.describe())
@@ -167,19 +192,10 @@ class VideoAttentionHook:
         if not 0 <= index < self.model.layers:
             self.log_once(f"index:{index}", "layer %s is beyond the model's %d layers; it runs dense.", index, self.model.layers)
             return None
-        call["geometry"] = geometry
+        call["geometry"] = tokens.geometry
         return index
 
     # ----- the diffusion-model wrapper --------------------------------------
-    def forward_geometry(self, executor, x, args, kwargs) -> Geometry:
-        """The token grid of this forward's video self-attention."""
-        if self.model.family.startswith("wan"):
-            time_dim_concat = args[4] if len(args) > 5 else kwargs.get("time_dim_concat")
-            ref_conv = getattr(executor.class_obj, "ref_conv", None)
-            reference = kwargs.get("reference_latent") if ref_conv is not None else None
-            return wan_geometry(x, self.model.patch_size, time_dim_concat, reference)
-        return grid_geometry(x, self.model.patch_size, pad=self.model.pads_to_patch)
-
     def wrap_forward(self, executor, *args, **kwargs):
         """Record the latent grid and step for this forward, and make sure our
         override is the one ComfyUI calls (a later patch may have replaced it)."""
@@ -191,8 +207,10 @@ class VideoAttentionHook:
         step, total, sigma = step_of(options)
         if step is None:
             self.log_once("no-step", "the sampler gave no step schedule; step-dependent settings cannot apply.")
-        info = ForwardInfo(self.forward_geometry(executor, x, args, kwargs), step, total, sigma,
-                           countable=getattr(executor.class_obj, "vace_blocks", None) is None)
+        # The diffusion model (the apply_model wrapper's object holds it).
+        diffusion_model = getattr(executor.class_obj, "diffusion_model", executor.class_obj)
+        info = ForwardInfo(self.model.forward_geometry(diffusion_model, x, args, kwargs), step, total, sigma,
+                           countable=self.model.countable(diffusion_model))
         current = options.get(OVERRIDE_KEY)
         info.outer = current if current is not self else None
         options[FORWARD_KEY] = info

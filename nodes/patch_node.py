@@ -3,8 +3,8 @@ from __future__ import annotations
 
 from comfy_api.latest import io
 
-from ..integration.auto_patch import AUTO
-from ..integration.install import apply_auto, apply_plan
+from ..integration.auto_patch import AUTO, apply_auto
+from ..integration.install import apply_plan
 from ..integration.model_info import describe_model
 from ..plans.format import PlanError
 from ..integration.sparse_patch import BACKENDS

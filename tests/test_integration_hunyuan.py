@@ -1,5 +1,5 @@
-"""HunyuanVideo on a real ComfyUI: joint [video, text] self-attention in the
-[B, H, L, D] layout, an additive mask on padded text keys, double blocks then
+"""HunyuanVideo on a real ComfyUI: joint text + video self-attention ([video,
+text] before ComfyUI 0.14, [text, video] since) in the [B, H, L, D] layout, an additive mask on padded text keys, double blocks then
 single blocks with block_index restarting. A tiny model built from ComfyUI's
 own classes is patched with a mixed plan and checked against an oracle run."""
 import dataclasses
@@ -30,13 +30,18 @@ def tiny_hunyuan(comfy):
     return H.tiny_model("HunyuanVideo", {"image_model": "hunyuan_video", **{k: v for k, v in wanted.items() if k in fields}})
 
 
-def conds():
+def conds(text_kept=TEXT_KEPT, masked=True, ref_latent=None):
     g = torch.Generator().manual_seed(1)
     mask = torch.zeros(1, TEXT, dtype=torch.int64)
-    mask[:, :TEXT_KEPT] = 1
+    mask[:, :text_kept] = 1
+
     def one():
-        return [[torch.randn(1, TEXT, 32, generator=g), {"pooled_output": torch.randn(1, 768, generator=g),
-                                                         "attention_mask": mask.clone()}]]
+        extra = {"pooled_output": torch.randn(1, 768, generator=g)}
+        if masked:
+            extra["attention_mask"] = mask.clone()
+        if ref_latent is not None:
+            extra["ref_latent"] = ref_latent
+        return [[torch.randn(1, TEXT, 32, generator=g), extra]]
     return one(), one()
 
 
@@ -44,41 +49,70 @@ def plan():
     return mixed_plan("hunyuan_video")
 
 
-def oracle_override(has_block_index: bool):
-    """Video+text self-attention as the float64 oracle of the plan, padded
-    text keys removed; padded text queries attend the kept keys densely."""
+def text_first() -> bool:
+    """ComfyUI >= 0.14 orders joint attention [text, video] (the oracle knows
+    it from the version; the pack must find it out from the model)."""
+    return H.version_tuple() >= (0, 14)
+
+
+def oracle_override(has_block_index: bool, text_kept: int, ref_tokens: int = 0):
+    """Joint self-attention as the float64 oracle of the plan: padded text
+    keys removed, padded text queries dense over the kept keys, text before
+    or after the video as this ComfyUI orders it, reference tokens just
+    before the video."""
     from sparse_vdit.patterns import Geometry
 
     layers, video = plan().layers, T * R * C
+    length = TEXT + ref_tokens + video
+    keep = torch.ones(length, dtype=torch.bool)
+    if text_first():
+        keep[text_kept:TEXT] = False
+        geometry = Geometry(T, R, C, prefix=text_kept + ref_tokens)
+    else:
+        keep[ref_tokens + video + text_kept:] = False
+        geometry = Geometry(T, R, C, prefix=ref_tokens, suffix=text_kept)
     state = {"n": 0}
 
     def override(func, q, k, v, heads, **kwargs):
-        if q.shape[2] == k.shape[2] == video + TEXT:
+        if q.shape[2] == k.shape[2] == length:
             options = kwargs["transformer_options"]
             index = state["n"] % (DOUBLE + SINGLE)
             if has_block_index:
                 index = options["block_index"] + (DOUBLE if options.get("block_type") == "single" else 0)
             state["n"] += 1
-            kept = video + TEXT_KEPT
-            q4, k4, v4 = (x.transpose(1, 2) for x in (q, k, v))  # [B, L, H, D]
-            head = layer_oracle(q4[:, :kept], k4[:, :kept], v4[:, :kept], layers[index], Geometry(T, R, C, suffix=TEXT_KEPT), 128, 64)
-            tail = torch.stack([masked_attention64(q4[:, kept:, h], k4[:, :kept, h], v4[:, :kept, h],
-                                                   torch.ones(TEXT - TEXT_KEPT, kept, dtype=torch.bool)) for h in range(heads)], 2)
-            out = torch.cat([head, tail], 1).to(q.dtype)
-            return out.reshape(q.shape[0], -1, heads * q.shape[-1])
+            q4, k4, v4 = (x.transpose(1, 2).double() for x in (q, k, v))  # [B, L, H, D]
+            out = torch.empty_like(q4)
+            out[:, keep] = layer_oracle(q4[:, keep], k4[:, keep], v4[:, keep], layers[index], geometry, 128, 64)
+            if not bool(keep.all()):
+                pad = torch.ones(int((~keep).sum()), int(keep.sum()), dtype=torch.bool)
+                out[:, ~keep] = torch.stack([masked_attention64(q4[:, ~keep, h], k4[:, keep, h], v4[:, keep, h], pad)
+                                             for h in range(heads)], 2)
+            return out.to(q.dtype).reshape(q.shape[0], -1, heads * q.shape[-1])
         return func(q, k, v, heads, **kwargs)
     return override, state
 
 
-def test_hunyuan_video_joint_attention_with_padded_text(comfy):
+CASES = {
+    "padded text": dict(text_kept=TEXT_KEPT),
+    "unpadded text": dict(text_kept=TEXT),
+    "no text mask": dict(text_kept=TEXT, masked=False),
+    "reference latent (I2V)": dict(text_kept=TEXT_KEPT, ref=True),
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_hunyuan_video_joint_attention(comfy, case):
     from sparse_vdit.integration.install import apply_plan
     from sparse_vdit.integration.model_info import describe_model
 
+    spec = CASES[case]
     model = tiny_hunyuan(comfy)
     info = describe_model(model)
     assert (info.layers, info.heads, info.head_dim, info.double_layers) == (2, HEADS, HEAD_DIM, DOUBLE)
-    positive, negative = conds()
-    override, state = oracle_override(H.has_block_index())
+    assert info.text == ("before" if text_first() else "after")  # read off the model, checked by version
+    ref_latent = torch.randn(1, 16, 1, 2 * R, 2 * C, generator=torch.Generator().manual_seed(3)) if spec.get("ref") else None
+    positive, negative = conds(spec["text_kept"], spec.get("masked", True), ref_latent)
+    override, state = oracle_override(H.has_block_index(), spec["text_kept"], R * C if spec.get("ref") else 0)
     expected = H.sample(H.install_attention_override(model, override), positive, negative, seed=5, steps=2, cfg=1.0)
     assert state["n"] == 2 * (DOUBLE + SINGLE)
     patched = apply_plan(model, plan(), backend="reference")

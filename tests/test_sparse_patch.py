@@ -6,8 +6,10 @@ import os
 import pytest
 import torch
 
-from sparse_vdit.integration.forward_info import KEY, ForwardInfo, key_padding_length, step_of, wan_geometry
+from sparse_vdit.integration.forward_info import KEY, ForwardInfo, hidden_key_run, step_of
 from sparse_vdit.integration.model_info import ModelInfo
+from sparse_vdit.integration.models.hunyuan_video import HunyuanVideoAdapter
+from sparse_vdit.integration.models.wan import WanAdapter
 from sparse_vdit.integration.sparse_patch import SparsePatch
 from sparse_vdit.patterns import Diagonal, Full, Geometry, LayerPattern, MultiDiagonal
 from sparse_vdit.plans.format import DenseSchedule, ModelShape, Plan
@@ -16,7 +18,7 @@ GEOMETRY = Geometry(3, 4, 5)  # 60 tokens
 HEADS, DIM = 2, 8
 PLAN = Plan("p", ModelShape("wan", 2, HEADS, DIM),
             (LayerPattern((Diagonal(0), MultiDiagonal(0))), LayerPattern((Full(), Full()))), DenseSchedule(0.5))
-INFO = ModelInfo("wan", 2, HEADS, DIM, (1, 2, 2))
+INFO = WanAdapter("wan", 2, HEADS, DIM, (1, 2, 2))
 
 
 class Func:
@@ -126,54 +128,140 @@ def test_bad_backend_is_refused():
 
 
 def test_wan_geometry_and_step():
+    from types import SimpleNamespace
+
     x = torch.zeros(1, 16, 5, 21, 30)  # odd H: padded to the patch size
-    assert wan_geometry(x, (1, 2, 2)) == Geometry(5, 11, 15)
-    assert wan_geometry(x, (1, 2, 2), time_dim_concat=torch.zeros(1, 16, 2, 21, 30)) == Geometry(7, 11, 15)
-    assert wan_geometry(x, (1, 2, 2), reference_latent=torch.zeros(1, 16, 1, 21, 30)) == Geometry(5, 11, 15, prefix=165)
+    plain, fun = SimpleNamespace(), SimpleNamespace(ref_conv=object())
+    assert INFO.forward_geometry(plain, x, (x,), {}) == Geometry(5, 11, 15)
+    concat = torch.zeros(1, 16, 2, 21, 30)
+    assert INFO.forward_geometry(plain, x, (x, None, None, None, concat), {}) == Geometry(7, 11, 15)
+    reference = {"reference_latent": torch.zeros(1, 16, 1, 21, 30)}
+    assert INFO.forward_geometry(fun, x, (x,), reference) == Geometry(5, 11, 15, prefix=165)
+    assert INFO.forward_geometry(plain, x, (x,), reference) == Geometry(5, 11, 15)  # no ref_conv: not used
+    context = {"context_latents": [torch.zeros(1, 16, 1, 21, 30), torch.zeros(1, 16, 2, 8, 8)]}
+    assert INFO.forward_geometry(plain, x, (x,), context) == Geometry(5, 11, 15, suffix=165 + 32)
     schedule = torch.tensor([1.0, 0.75, 0.5, 0.25, 0.0])
     assert step_of({"sigmas": torch.tensor([0.5, 0.5]), "sample_sigmas": schedule}) == (2, 4, 0.5)
     assert step_of({"sigmas": torch.tensor([0.6]), "sample_sigmas": schedule})[0] == 2  # nearest step
     assert step_of({}) == (None, None, None)
 
 
-def test_key_padding_masks():
-    additive = torch.zeros(1, 1, 10)
-    additive[..., 7:] = -torch.finfo(torch.float32).max
-    assert key_padding_length(additive, 10) == 7
-    assert key_padding_length(torch.zeros(2, 1, 10), 10) == 10
-    assert key_padding_length(torch.tensor([True] * 6 + [False] * 4), 10) == 6
-    hole = torch.zeros(1, 1, 10)
-    hole[..., 3] = -1e9
-    assert key_padding_length(hole, 10) is None          # not a trailing run
-    assert key_padding_length(torch.zeros(1, 1, 10, 10), 10) is None  # per-query mask
-    assert key_padding_length(torch.full((1, 1, 10), -0.5), 10) is None  # a soft bias
+def test_wan_grid_sizes_must_agree():
+    """ComfyUI >= 0.2x names Wan's grid per call: a different grid runs dense."""
+    func, p = Func(), patch()
+    opts = dict(options(), grid_sizes=(3, 4, 5))
+    p(func, *qkv(), heads=HEADS, transformer_options=opts)
+    assert p.counts == {"sparse": 1}
+    opts = dict(options(), grid_sizes=(3, 5, 4))  # same token count, other grid
+    p(func, *qkv(), heads=HEADS, transformer_options=opts)
+    assert p.counts == {"sparse": 1, "dense": 1}
+
+
+def test_hidden_key_runs():
+    big = -torch.finfo(torch.float32).max
+    trailing = torch.zeros(1, 1, 10)
+    trailing[..., 7:] = big
+    assert hidden_key_run(trailing, 10) == (7, 10)
+    middle = torch.zeros(1, 1, 10)
+    middle[..., 3:5] = big
+    assert hidden_key_run(middle, 10) == (3, 5)  # text first: padding sits before the video
+    assert hidden_key_run(torch.zeros(2, 1, 10), 10) == (10, 10)
+    assert hidden_key_run(torch.tensor([True] * 6 + [False] * 4), 10) == (6, 10)
+    two = torch.zeros(1, 1, 10)
+    two[..., [2, 7]] = -1e9
+    assert hidden_key_run(two, 10) is None           # two runs
+    assert hidden_key_run(torch.zeros(1, 1, 10, 10), 10) is None  # per-query mask
+    assert hidden_key_run(torch.full((1, 1, 10), -0.5), 10) is None  # a soft bias
     different = torch.zeros(2, 1, 10)
     different[1, :, 8:] = -1e9
-    assert key_padding_length(different, 10) is None     # rows differ across the batch
+    assert hidden_key_run(different, 10) is None     # rows differ across the batch
 
 
-def test_masked_call_with_padded_text_is_served_on_the_kept_tokens():
-    """Joint text after the video, the last text keys masked: the sparse path
-    runs on the kept tokens and the padded queries run dense over them."""
+def hunyuan(text: str):
+    return HunyuanVideoAdapter("hunyuan_video", 2, HEADS, DIM, (1, 2, 2), double_layers=1, text=text,
+                               pads_to_patch=False)
+
+
+@pytest.mark.parametrize("order", ["after", "before"])
+def test_masked_call_with_padded_text_is_served_on_the_kept_tokens(order):
+    """Joint text after (ComfyUI < 0.14) or before (>= 0.14) the video, the
+    last text keys masked: the sparse path runs on the kept tokens, the
+    padded queries run dense over them, and the result is the float64 oracle
+    of the plan on the kept tokens."""
+    from oracle import layer_oracle, masked_attention64
+
     text, kept = 6, 4
-    info = ModelInfo("hunyuan_video", 2, HEADS, DIM, (1, 2, 2), double_layers=1, text_after_video=True, pads_to_patch=False)
     seen = []
 
     def func(q, k, v, heads=None, **kwargs):
         seen.append((q.shape[2], k.shape[2]))
         return torch.nn.functional.scaled_dot_product_attention(q, k, v)
-    p = SparsePatch(PLAN, info, PLAN.dense, backend="reference")
-    length = GEOMETRY.seq_len + text
-    q, k, v = (torch.randn(1, HEADS, length, DIM) for _ in range(3))
-    mask = torch.zeros(1, 1, length)
-    mask[..., GEOMETRY.seq_len + kept:] = -1e30
-    opts = options()
-    out = p(func, q, k, v, HEADS, mask=mask, skip_reshape=True, transformer_options=opts)
+    p = SparsePatch(PLAN, hunyuan(order), PLAN.dense, backend="reference")
+    length, video = GEOMETRY.seq_len + text, GEOMETRY.seq_len
+    q, k, v = (torch.randn(1, HEADS, length, DIM, dtype=torch.float64) for _ in range(3))
+    pad = slice(video + kept, length) if order == "after" else slice(kept, text)
+    keep = torch.ones(length, dtype=torch.bool)
+    keep[pad] = False
+    mask = torch.zeros(1, 1, length, dtype=torch.float64)
+    mask[..., pad] = -1e30
+    out = p(func, q, k, v, HEADS, mask=mask, skip_reshape=True, transformer_options=options())
     assert p.counts == {"sparse": 1} and out.shape == (1, length, HEADS * DIM)
-    assert seen == [(text - kept, GEOMETRY.seq_len + kept)]  # only the padded queries, over the kept keys
+    assert seen == [(text - kept, video + kept)]  # only the padded queries, over the kept keys
+    kept_geometry = Geometry(3, 4, 5, suffix=kept) if order == "after" else Geometry(3, 4, 5, prefix=kept)
+    q4, k4, v4 = (x.transpose(1, 2) for x in (q, k, v))
+    expected = torch.empty(1, length, HEADS, DIM, dtype=torch.float64)
+    expected[:, keep] = layer_oracle(q4[:, keep], k4[:, keep], v4[:, keep], PLAN.layers[0], kept_geometry, 128, 64)
+    for h in range(HEADS):
+        expected[:, ~keep, h] = masked_attention64(q4[:, ~keep, h], k4[:, keep, h], v4[:, keep, h],
+                                                   torch.ones(text - kept, video + kept, dtype=torch.bool))
+    assert (out.view(1, length, HEADS, DIM) - expected).abs().max() < 1e-5  # the reference path may run in fp32
     single = dict(options(block_index=0), block_type="single")  # single block 0 is plan layer 1 (all full)
     p(func, q, k, v, HEADS, mask=mask, skip_reshape=True, transformer_options=single)
     assert p.counts == {"sparse": 1, "dense": 1}
+
+
+@pytest.mark.parametrize("where", ["video", "wrong_side"])
+def test_a_mask_over_other_tokens_runs_dense(where):
+    """Never a misplaced pattern: a mask hiding video keys, or padding on the
+    side where this model has no text, runs the call dense."""
+    text = 6
+    p = SparsePatch(PLAN, hunyuan("before"), PLAN.dense, backend="reference")
+    length = GEOMETRY.seq_len + text
+    q, k, v = (torch.randn(1, HEADS, length, DIM) for _ in range(3))
+    mask = torch.zeros(1, 1, length)
+    if where == "video":
+        mask[..., text + 10:text + 14] = -1e30
+    else:
+        mask[..., length - 2:] = -1e30  # trailing keys: video under text-first order
+    p(Func(), q, k, v, HEADS, mask=mask, skip_reshape=True, transformer_options=options())
+    assert p.counts == {"dense": 1}
+
+
+def test_img_slice_must_agree_with_the_text_order():
+    """ComfyUI >= 0.14 names the image slice of HunyuanVideo's single blocks."""
+    text = 6
+    length = GEOMETRY.seq_len + text
+    q, k, v = (torch.randn(1, HEADS, length, DIM) for _ in range(3))
+    for order, image, served in (("before", [text, length], True), ("after", [text, length], False),
+                                 ("before", [text + 1, length], False)):
+        p = SparsePatch(PLAN, hunyuan(order), PLAN.dense, backend="reference")
+        p(Func(), q, k, v, HEADS, skip_reshape=True, transformer_options=dict(options(), img_slice=image))
+        assert p.counts == ({"sparse": 1} if served else {"dense": 1}), (order, image)
+
+
+@pytest.mark.parametrize("kwargs, served", [({"scale": DIM ** -0.5}, True), ({"scale": 0.3}, False),
+                                            ({"enable_gqa": True}, False), ({"enable_gqa": False}, True),
+                                            ({"low_precision_attention": False}, True)])
+def test_new_keyword_arguments(kwargs, served):
+    """ComfyUI >= 0.2x passes scale / enable_gqa / low_precision_attention:
+    a call the sparse path would compute differently runs dense, and
+    everything else reaches the chain intact."""
+    func, p = Func(), SparsePatch(PLAN, INFO, PLAN.dense, backend="reference")
+    p(func, *qkv(), heads=HEADS, transformer_options=options(block_index=1), **kwargs)  # all full: chained
+    assert func.calls and all(func.calls[0][3].get(key) == value for key, value in kwargs.items())
+    p2 = SparsePatch(PLAN, INFO, PLAN.dense, backend="reference")
+    p2(Func(), *qkv(), heads=HEADS, transformer_options=options(), **kwargs)
+    assert p2.counts == ({"sparse": 1} if served else {"dense": 1})
 
 
 def test_unknown_model_comes_back_unpatched_with_one_log_line(caplog):
@@ -209,7 +297,7 @@ def test_step_ranges_on_the_gpu_kernel():
     later = LayerPattern((Full(), Skip(), Diagonal(1), MultiDiagonal(0, frames=1)))
     plan = Plan("gpu ranges", ModelShape("wan", 1, heads, dim), (first,), DenseSchedule(0.0), {},
                 (StepRange(0.5, (later,)),))
-    hook = SparsePatch(plan, ModelInfo("wan", 1, heads, dim, (1, 2, 2)), plan.dense, backend="auto")
+    hook = SparsePatch(plan, WanAdapter("wan", 1, heads, dim, (1, 2, 2)), plan.dense, backend="auto")
     q, k, v = (torch.randn(2, geometry.seq_len, heads * dim, device="cuda", dtype=torch.bfloat16) for _ in range(3))
     for step, layer in ((1, first), (3, later)):
         out = hook(Func(), q, k, v, heads=heads, transformer_options=options(step=step, total=4, geometry=geometry))

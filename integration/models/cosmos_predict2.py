@@ -1,0 +1,21 @@
+"""Cosmos Predict2: [B, H, L, D] self-attention over (t, h, w) tokens;
+block_index from ComfyUI 0.2x, counted before."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .base import ModelAdapter, has_class
+
+
+@dataclass(frozen=True)
+class CosmosPredict2Adapter(ModelAdapter):
+    @classmethod
+    def recognise(cls, diffusion_model):
+        if not has_class(diffusion_model, "MiniTrainDIT"):
+            return None
+        blocks, heads, channels = (getattr(diffusion_model, a, None) for a in ("blocks", "num_heads", "model_channels"))
+        pt, ps = getattr(diffusion_model, "patch_temporal", None), getattr(diffusion_model, "patch_spatial", None)
+        if blocks is None or not heads or not channels or not pt or not ps:
+            return None
+        return cls("cosmos_predict2", len(blocks), int(heads), int(channels) // int(heads),
+                   (int(pt), int(ps), int(ps)), pads_to_patch=False)
