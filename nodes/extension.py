@@ -6,6 +6,7 @@ from comfy_api.latest import ComfyExtension, io
 from .calibrate_node import SparseVDiTCalibrate
 from .patch_node import SparseVDiTPatch
 from .preview_node import SparseVDiTPlanPreview
+from .raylight_node import SparseVDiTRaylight
 from .solve_node import SparseVDiTSolvePlan
 from .plan_files import register_plan_folder
 
@@ -13,4 +14,4 @@ from .plan_files import register_plan_folder
 class SparseVDiTExtension(ComfyExtension):
     async def get_node_list(self) -> list[type[io.ComfyNode]]:
         register_plan_folder()
-        return [SparseVDiTPatch, SparseVDiTCalibrate, SparseVDiTSolvePlan, SparseVDiTPlanPreview]
+        return [SparseVDiTPatch, SparseVDiTCalibrate, SparseVDiTSolvePlan, SparseVDiTPlanPreview, SparseVDiTRaylight]
