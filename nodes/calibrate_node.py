@@ -8,8 +8,11 @@ from comfy_api.latest import io
 from ..integration.calibrate import calibrate
 from ..integration.install import apply_plan
 from ..integration.sampling import sample_latent
+from ..plans.calibrator import parse_indices
 from ..plans.candidates import MENUS
+from ..plans.format import PlanError
 from ..plans.step_ranges import CHOICES as STEP_RANGE_CHOICES
+from ..plans.validation import MAX_PROBES, check_plan_name
 from . import plan_files
 from .plan_files import register_plan_folder
 from .types import STEP_RANGES_TOOLTIP, PlanType
@@ -66,6 +69,10 @@ class SparseVDiTCalibrate(io.ComfyNode):
                 lambda_cost, epsilon, probe_steps, query_fraction, plan_name, candidate_menu="standard",
                 dense_warmup=0.2, step_ranges="auto", probe_at_steps="", probe_layers="all") -> io.NodeOutput:
         register_plan_folder()
+        check_plan_name(plan_name)  # before minutes of sampling: the files must be writable under it
+        probes = parse_indices(probe_at_steps, steps, "probe steps")
+        if len(probes or ()) > MAX_PROBES:
+            raise PlanError(f"{len(probes)} probe steps; at most {MAX_PROBES} (their statistics would not load)")
 
         def sample(hooked):
             return sample_latent(hooked, seed, steps, cfg, sampler_name, scheduler, positive, negative, latent_image, denoise)

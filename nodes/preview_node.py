@@ -1,13 +1,18 @@
 """Sparse-vDiT Plan Preview: the plan as an image."""
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import torch
 from comfy_api.latest import io
 
+from ..plans.format import PlanError
 from ..plans.preview import render_plan
 from .plan_files import find_statistics
 from .types import PlanType
+
+log = logging.getLogger("sparse_vdit")
 
 
 class SparseVDiTPlanPreview(io.ComfyNode):
@@ -25,6 +30,10 @@ class SparseVDiTPlanPreview(io.ComfyNode):
 
     @classmethod
     def execute(cls, plan) -> io.NodeOutput:
-        stats = find_statistics(plan.provenance.get("statistics", ""))
+        try:  # the maps are extras: a damaged statistics file costs them, not the picture
+            stats = find_statistics(plan.provenance.get("statistics") or "")
+        except PlanError as error:
+            log.warning("Sparse-vDiT preview: drawing '%s' without attention maps: %s", plan.name, error)
+            stats = None
         image = np.asarray(render_plan(plan, stats).convert("RGB"), dtype=np.float32) / 255.0
         return io.NodeOutput(torch.from_numpy(image)[None])

@@ -5,10 +5,10 @@ import os
 
 from comfy_api.latest import io
 
-from ..integration.calibrate import check_plan_name
 from ..plans.format import save_plan
 from ..plans.search import solve_plan
 from ..plans.step_ranges import CHOICES as STEP_RANGE_CHOICES
+from ..plans.validation import check_plan_name
 from . import plan_files
 from .plan_files import load_named_statistics, statistics_names
 from .types import STEP_RANGES_TOOLTIP, PlanType

@@ -7,19 +7,53 @@ from dataclasses import dataclass
 
 from PIL import Image, ImageDraw, ImageFont
 
-from ..patterns import Geometry, compile_layer
+from ..patterns import Geometry, LayerPattern, Pattern, compile_layer
 from .format import Plan
 from .statistics import Statistics
 
 COLOURS = {"full": (150, 150, 150), "skip": (25, 25, 25), "diagonal": (60, 120, 220),
            "multi_diagonal": (60, 180, 90), "vertical_stripe": (235, 150, 40)}
 DEFAULT_GEOMETRY = Geometry(21, 30, 52)  # Wan2.1 480p, 81 frames
+# Densities are computed on the grid rows (frames x rows); past this many
+# the picture uses fewer frames (said on it), so a plan claiming a huge
+# video cannot make the preview take minutes. 1080p, 81 frames: 21 x 68.
+PREVIEW_GRID_ROWS = 1536
+PREVIEW_PATTERNS = 256  # distinct sparse patterns a picture computes densities for
 BACKGROUND, INK = (255, 255, 255), (20, 20, 20)
 
 
 def plan_geometry(plan: Plan) -> Geometry:
+    """The plan's own geometry (checked on load), else Wan2.1 480p."""
+    from .validation import geometry
+
     data = plan.provenance.get("geometry")
-    return Geometry.from_dict(data) if isinstance(data, dict) else DEFAULT_GEOMETRY
+    return geometry(data, f"plan '{plan.name}': provenance.geometry") if isinstance(data, dict) else DEFAULT_GEOMETRY
+
+
+def drawn_geometry(geometry: Geometry) -> Geometry:
+    """The geometry densities are computed at: the plan's, with fewer frames when it is too large."""
+    if geometry.frames * geometry.rows <= PREVIEW_GRID_ROWS:
+        return geometry
+    frames = max(1, PREVIEW_GRID_ROWS // geometry.rows)
+    rows = min(geometry.rows, PREVIEW_GRID_ROWS)
+    return Geometry(frames, rows, geometry.cols, geometry.prefix, geometry.suffix)
+
+
+def layer_densities(layers: tuple[LayerPattern, ...], geometry: Geometry,
+                    cache: dict[Pattern, float]) -> list[float]:
+    """Share of (query, key) pairs each layer computes: the mean of its
+    heads', each pattern's computed once (plans repeat a few patterns)."""
+    from .validation import PlanError
+
+    densities = []
+    for layer in layers:
+        for pattern in layer.heads:
+            if pattern not in cache:
+                if len(cache) >= PREVIEW_PATTERNS:
+                    raise PlanError(f"the plan has more than {PREVIEW_PATTERNS} different patterns: too many to draw")
+                cache[pattern] = compile_layer(LayerPattern((pattern,)), geometry).density()
+        densities.append(sum(cache[p] for p in layer.heads) / len(layer.heads))
+    return densities
 
 
 def _range_title(plan: Plan, index: int) -> str:
@@ -51,8 +85,9 @@ def thumbnail_picks(plan: Plan, stats: Statistics | None, per_mode: int) -> list
     """(mode, [(layer, head), ...]) for the attention maps to draw: up to
     per_mode heads of each mode of the first range (the maps come from the
     first probed step), spread over the layers; never a layer not scored."""
-    if stats is None or not stats.thumbnails.numel():
-        return []
+    shape = (plan.model.layers, plan.model.heads)
+    if stats is None or not stats.thumbnails.numel() or tuple(stats.thumbnails.shape[:2]) != shape:
+        return []  # no maps, or maps of another model
     probed = stats.info.get("probed_layers", "all")
     rows = []
     for mode in COLOURS:
@@ -66,12 +101,14 @@ def thumbnail_picks(plan: Plan, stats: Statistics | None, per_mode: int) -> list
 def render_plan(plan: Plan, stats: Statistics | None = None, thumbs_per_mode: int = 3) -> Image.Image:
     """One panel per step range (most plans have one), side by side."""
     font = ImageFont.load_default()
-    geometry = plan_geometry(plan)
+    own = plan_geometry(plan)
+    geometry = drawn_geometry(own)
     layers, heads, ranges = plan.model.layers, plan.model.heads, plan.step_ranges
     layout = grid_layout(plan)
     cell, left, top, panel_w = layout.cell, layout.left, layout.top, layout.panel_w
     grid_w, grid_h = heads * cell, layers * cell
-    densities = [[compile_layer(layer, geometry).density() for layer in r.layers] for r in ranges]
+    cache: dict[Pattern, float] = {}
+    densities = [layer_densities(r.layers, geometry, cache) for r in ranges]
 
     thumb_rows = thumbnail_picks(plan, stats, thumbs_per_mode)
     thumb_scale = 2
@@ -94,6 +131,8 @@ def render_plan(plan: Plan, stats: Statistics | None = None, thumbs_per_mode: in
     if len(ranges) > 1:
         summary = (f"{plan.provenance.get('kind', '?')}; at {geometry.describe()}; {plan.describe_step_ranges()}; "
                    "the legend counts heads over all ranges")
+    if geometry != own:
+        summary += f" (the plan's {own.describe()} is too large to draw: fewer frames)"
     draw.text((8, 20), summary, fill=INK, font=font)
     x = 8
     for mode, colour in COLOURS.items():
