@@ -37,6 +37,7 @@ import torch
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
+sys.path.insert(0, os.path.join(os.path.dirname(HERE), "tests"))
 from bench_kernels import (HEAD_DIM, SHAPE_ALIASES, SHAPES, bench, dense_table, env_info,  # noqa: E402
                            plans_for, sample_rows, table_allowed_fn)
 
@@ -224,18 +225,14 @@ def run_shape(shape, args, results, log, state):
 
 
 def dump_ttgir(out_dir):
-    texts = []
-    for cache in t8._sparse_attn8_fwd.device_caches.values():
-        for compiled in cache[0].values():
-            text = compiled.asm.get("ttgir", "")
-            if "f8E4M3FN" in text:
-                texts.append(text)
-    if texts:
-        with open(os.path.join(out_dir, "kernel8_fp8.ttgir"), "w") as f:
-            f.write(texts[0])
-        dots = [line.strip() for line in texts[0].splitlines() if "dot" in line and "f8E4M3FN" in line]
-        return dots
-    return []
+    """Write the FP8 variant's TTGIR; return its FP8 dots with their accumulator operand."""
+    from test_quant8 import fp8_dot_accumulators, fp8_ttgir
+    texts = fp8_ttgir(t8._sparse_attn8_fwd)
+    if not texts:
+        return []
+    with open(os.path.join(out_dir, "kernel8_fp8.ttgir"), "w") as fh:
+        fh.write(texts[0])
+    return [f"acc={acc} :: {line[:160]}" for line, acc in fp8_dot_accumulators(texts[0])]
 
 
 def write_md(info, results, stem):
