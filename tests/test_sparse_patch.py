@@ -128,10 +128,17 @@ def test_bad_backend_is_refused():
 
 
 def test_wan_geometry_and_step():
-    from types import SimpleNamespace
+    class Wan:  # stands in for WanModel: its forward's argument names
+        ref_conv = None
+
+        def forward(self, x, timestep, context, clip_fea=None, time_dim_concat=None, transformer_options={}, **kwargs):
+            pass
+
+    class FunWan(Wan):
+        ref_conv = object()
 
     x = torch.zeros(1, 16, 5, 21, 30)  # odd H: padded to the patch size
-    plain, fun = SimpleNamespace(), SimpleNamespace(ref_conv=object())
+    plain, fun = Wan(), FunWan()
     assert INFO.forward_geometry(plain, x, (x,), {}) == Geometry(5, 11, 15)
     concat = torch.zeros(1, 16, 2, 21, 30)
     assert INFO.forward_geometry(plain, x, (x, None, None, None, concat), {}) == Geometry(7, 11, 15)

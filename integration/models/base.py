@@ -9,6 +9,7 @@ adding one adapter file and its tiny-model test.
 """
 from __future__ import annotations
 
+import inspect
 import math
 from dataclasses import dataclass, replace
 
@@ -123,6 +124,13 @@ def tokens_of(latent: torch.Tensor | None, patch_size, pad: bool) -> int:
     return grid_geometry(latent, patch_size, pad).video_tokens
 
 
-def positional(args: tuple, kwargs: dict, index: int, name: str):
-    """An argument of the diffusion model's forward, positional or keyword."""
-    return args[index] if len(args) > index else kwargs.get(name)
+def forward_argument(diffusion_model, args: tuple, kwargs: dict, name: str):
+    """An argument of the diffusion model's forward by name, positional or
+    keyword: positions differ between ComfyUI versions, names do not."""
+    if name in kwargs:
+        return kwargs[name]
+    try:
+        bound = inspect.signature(diffusion_model.forward).bind_partial(*args)
+    except (TypeError, ValueError, AttributeError):
+        return None
+    return bound.arguments.get(name)

@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 from ...patterns.geometry import Geometry
-from .base import CallTokens, ModelAdapter, has_class, positional, tokens_of
+from .base import CallTokens, ModelAdapter, has_class, forward_argument, tokens_of
 
 
 @dataclass(frozen=True)
@@ -34,7 +34,7 @@ class HunyuanVideoAdapter(ModelAdapter):
 
     def forward_geometry(self, diffusion_model, x, args, kwargs) -> Geometry:
         grid = super().forward_geometry(diffusion_model, x, args, kwargs)
-        reference = tokens_of(positional(args, kwargs, 9, "ref_latent"), self.patch_size, False)
+        reference = tokens_of(forward_argument(diffusion_model, args, kwargs, "ref_latent"), self.patch_size, False)
         return replace(grid, prefix=reference)
 
     def disagreement(self, tokens: CallTokens, options: dict) -> str | None:

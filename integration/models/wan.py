@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ...patterns.geometry import Geometry
-from .base import CallTokens, ModelAdapter, grid_geometry, has_class, positional, tokens_of
+from .base import CallTokens, ModelAdapter, grid_geometry, has_class, forward_argument, tokens_of
 
 
 @dataclass(frozen=True)
@@ -26,7 +26,7 @@ class WanAdapter(ModelAdapter):
     def forward_geometry(self, diffusion_model, x, args, kwargs) -> Geometry:
         grid = grid_geometry(x, self.patch_size)
         frames = grid.frames
-        time_dim_concat = positional(args, kwargs, 4, "time_dim_concat")
+        time_dim_concat = forward_argument(diffusion_model, args, kwargs, "time_dim_concat")
         if time_dim_concat is not None:
             frames += grid_geometry(time_dim_concat, self.patch_size).frames
         reference = kwargs.get("reference_latent") if getattr(diffusion_model, "ref_conv", None) is not None else None
