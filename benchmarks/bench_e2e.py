@@ -22,6 +22,8 @@ Run on the device machine:
 from __future__ import annotations
 
 import argparse
+import contextlib
+import functools
 import itertools
 import json
 import os
@@ -146,6 +148,20 @@ def flex_patch_class():
     return FlexPatch
 
 
+@contextlib.contextmanager
+def precision_8bit(full_heads_8bit: bool):
+    """SparsePatch's layer calls at precision '8-bit' (until the patch takes a
+    precision input): full heads in the 8-bit launch too when full_heads_8bit
+    (no other attention override chained), else on the chained dense function."""
+    import sparse_vdit.integration.sparse_patch as sparse_patch
+    original = sparse_patch.layer_attention
+    sparse_patch.layer_attention = functools.partial(original, precision="8-bit", full_heads_8bit=full_heads_8bit)
+    try:
+        yield
+    finally:
+        sparse_patch.layer_attention = original
+
+
 def step_options(override=None, wrapper=None, sigma: float = 0.5) -> dict:
     """Options of one forward at `sigma` of a STEPS-step schedule (0.5: step 25)."""
     options = {"sigmas": torch.tensor([sigma, sigma]), "sample_sigmas": torch.linspace(1, 0, STEPS + 1)}
@@ -239,6 +255,16 @@ def run_e2e(name: str, config: dict, wan, attention, ops, kitchen, device, dtype
             if "flex " + label[len("sparse "):] in rows:
                 rows["flex " + label[len("sparse "):]].update(calls=dict(flex.counts), note=next(
                     (f.note for f in flex.flex.values()), None))
+    if device.type == "cuda":  # the same plans with the 8-bit kernel (kernels/triton_sparse8.py)
+        for density in densities:
+            plan = plans[f"sparse d={density}"]
+            for label, full8 in ((f"8bit d={density}", True), (f"8bit-full-on-cudnn d={density}", False)):
+                patch = SparsePatch(plan, info, DenseSchedule(0.0), previous=cudnn_override, backend=backend)
+                with precision_8bit(full8):
+                    record(label, lambda: step_options(patch, patch.wrap_forward), plan_name=plan.name,
+                           density=rows.get(f"sparse d={density}", {}).get("density"), full_heads_8bit=full8)
+                if label in rows:
+                    rows[label]["calls"] = dict(patch.counts)
     if kitchen is not None:
         record("sol-attn tau=1.3", lambda: step_options(sol_override(kitchen, 1.3, geometry.seq_len)))
 

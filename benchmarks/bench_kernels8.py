@@ -47,6 +47,8 @@ from sparse_vdit.patterns import compile_layer  # noqa: E402
 SWEEP = [  # (name, config, block_n): 8-bit kernel variants; round 1 (tile_m 128 with 8 warps,
     # 4 warps, pointer loads) lost to tile_m 64 / 4 warps / 3 stages by 12-30%
     ("tma-w4-s3-m64", dict(tma=True, num_warps=4, num_stages=3, tile_m=64), 64),
+    ("tma-w4-s3-m64-exp16", dict(tma=True, num_warps=4, num_stages=3, tile_m=64, exp16=True), 64),
+    ("tma-w8-s3-m128-exp16", dict(tma=True, num_warps=8, num_stages=3, tile_m=128, exp16=True), 64),
     ("tma-w4-s4-m64", dict(tma=True, num_warps=4, num_stages=4, tile_m=64), 64),
     ("tma-w4-s2-m64", dict(tma=True, num_warps=4, num_stages=2, tile_m=64), 64),
     ("tma-w8-s2-m128", dict(tma=True, num_warps=8, num_stages=2, tile_m=128), 64),

@@ -49,7 +49,7 @@ if triton is not None:
     @triton.jit
     def _attend8(acc, m_i, l_i, q8, qs, k8, ks, v, kv_start, seq_len,
                  MASK_KV: tl.constexpr, BLOCK_N: tl.constexpr, PV_FP8: tl.constexpr,
-                 UPCAST: tl.constexpr, LOG2_PMAX: tl.constexpr):
+                 UPCAST: tl.constexpr, LOG2_PMAX: tl.constexpr, EXP16: tl.constexpr):
         if UPCAST:
             s = tl.dot(q8.to(tl.float32), tl.trans(k8.to(tl.float32)), input_precision="ieee")
         else:
@@ -62,12 +62,20 @@ if triton is not None:
             cols = kv_start + tl.arange(0, BLOCK_N)
             s = tl.where((cols < seq_len)[None, :], s, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(s, 1) * sc)  # the row max taken before scaling
-        p = tl.math.exp2(s * sc[:, None] - (m_new - LOG2_PMAX)[:, None])  # PMAX * 2^(s - m) in [0, PMAX]
+        x = s * sc[:, None] - (m_new - LOG2_PMAX)[:, None]  # p = PMAX * 2^(s - m) = 2^x in [0, PMAX]
         alpha = tl.math.exp2(m_i - m_new)
+        if EXP16:  # two exponentials per MUFU op (ex2.approx.f16x2): P is rounded to e4m3 next anyway
+            p16 = tl.inline_asm_elementwise("ex2.approx.f16x2 $0, $1;", "=r,r", [x.to(tl.float16)],
+                                            dtype=tl.float16, is_pure=True, pack=2)
+            p = p16.to(tl.float32)
+        else:
+            p = tl.math.exp2(x)
         l_i = l_i * alpha + tl.sum(p, 1)
         if PV_FP8:  # v: [D, BLOCK_N] fp8, token-contiguous
             if UPCAST:
                 pv = tl.dot(quant8.e4m3_grid(p), tl.trans(v.to(tl.float32)), input_precision="ieee")
+            elif EXP16:
+                pv = tl.dot(p16.to(tl.float8e4nv), tl.trans(v))
             else:
                 pv = tl.dot(p.to(tl.float8e4nv), tl.trans(v))
             acc = acc * alpha[:, None] + pv  # two-level: a fresh accumulator per block
@@ -87,7 +95,7 @@ if triton is not None:
         svb, svl, svh, sob, sol, soh,
         HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, TILE_M: tl.constexpr, BLOCK_N: tl.constexpr,
         USE_TMA: tl.constexpr, KV_TAIL: tl.constexpr, PV_FP8: tl.constexpr, UPCAST: tl.constexpr,
-        LOG2_PMAX: tl.constexpr,
+        LOG2_PMAX: tl.constexpr, EXP16: tl.constexpr,
     ):
         SPLIT: tl.constexpr = BLOCK_M // TILE_M
         pid = tl.program_id(0)
@@ -140,7 +148,7 @@ if triton is not None:
                 v = tl.load(v_base + (kb * BLOCK_N + offs_n)[:, None].to(tl.int64) * svl + offs_d[None, :])
             ks = tl.load(ks_base + kb)
             acc, m_i, l_i = _attend8(acc, m_i, l_i, q8, qs, k8, ks, v, kb * BLOCK_N, seq_len,
-                                     False, BLOCK_N, PV_FP8, UPCAST, LOG2_PMAX)
+                                     False, BLOCK_N, PV_FP8, UPCAST, LOG2_PMAX, EXP16)
 
         if KV_TAIL:
             if full_end < end:
@@ -154,7 +162,7 @@ if triton is not None:
                                 mask=(kn < seq_len)[:, None], other=0.0)
                 ks = tl.load(ks_base + kb)
                 acc, m_i, l_i = _attend8(acc, m_i, l_i, q8, qs, k8, ks, v, kb * BLOCK_N, seq_len,
-                                         True, BLOCK_N, PV_FP8, UPCAST, LOG2_PMAX)
+                                         True, BLOCK_N, PV_FP8, UPCAST, LOG2_PMAX, EXP16)
 
         l_safe = tl.where(l_i == 0.0, 1.0, l_i)
         vs = tl.load(VS + bs64 * HEAD_DIM + offs_d)
@@ -242,7 +250,7 @@ def launch8(qz: "quant8.Quantized", v, out, kv_offsets, kv_indices, heads_t, blo
         v.stride(0), v.stride(1), v.stride(2), target.stride(0), target.stride(1), target.stride(2),
         HEAD_DIM=head_dim, BLOCK_M=block_m, TILE_M=tile_m, BLOCK_N=block_n,
         USE_TMA=use_tma, KV_TAIL=(seq_len % block_n != 0), PV_FP8=pv_fp8, UPCAST=upcast,
-        LOG2_PMAX=_LOG2_FP8_MAX,
+        LOG2_PMAX=_LOG2_FP8_MAX, EXP16=bool(cfg.get("exp16")) and pv_fp8 and not upcast,
         num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
     )
     if target is not out:
