@@ -22,6 +22,14 @@ STATS_FOLDER = "sparse_vdit_statistics"
 EXTENSIONS = {FOLDER: {".json"}, STATS_FOLDER: {".safetensors"}}
 SHIPPED_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "plans")
 FIX_HINT = "fix or delete that file"
+
+
+def _naming(error: PlanError, path: str) -> PlanError:
+    """The error, saying which file to fix or delete."""
+    where = "" if path in str(error) else f": {path}"
+    return PlanError(f"{error} ({FIX_HINT}{where})")
+
+
 _cleaned: set[str] = set()  # folders whose stale write temporaries were removed by this process
 
 
@@ -70,7 +78,7 @@ def load_named_plan(name: str) -> Plan:
     try:
         return load_plan(path)
     except PlanError as error:
-        raise PlanError(f"{error} ({FIX_HINT}: {path})") from None
+        raise _naming(error, path) from None
 
 
 def plans_fitting(layers: int, heads: int, head_dim: int) -> list[str]:
@@ -92,7 +100,7 @@ def load_named_statistics(name: str) -> Statistics:
     try:
         return load_statistics(path)
     except PlanError as error:
-        raise PlanError(f"{error} ({FIX_HINT}: {path})") from None
+        raise _naming(error, path) from None
 
 
 def find_statistics(name: str) -> Statistics | None:
@@ -107,4 +115,4 @@ def find_statistics(name: str) -> Statistics | None:
     try:
         return load_statistics(path)
     except PlanError as error:
-        raise PlanError(f"{error} ({FIX_HINT}: {path})") from None
+        raise _naming(error, path) from None

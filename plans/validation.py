@@ -90,7 +90,9 @@ def parse_json(text: str, source: str):
                         f"{MAX_INT_DIGITS}") from None
     except json.JSONDecodeError as error:
         raise PlanError(f"{source}: not valid JSON (truncated or malformed?): {error}") from None
-    except (RecursionError, ValueError, TypeError) as error:
+    except RecursionError:
+        raise PlanError(f"{source}: JSON nested deeper than {MAX_JSON_DEPTH} levels; no plan field is") from None
+    except (ValueError, TypeError) as error:
         raise PlanError(f"{source}: not valid JSON ({type(error).__name__}: {short(str(error))})") from None
     if _depth_exceeded(data):
         raise PlanError(f"{source}: JSON nested deeper than {MAX_JSON_DEPTH} levels; no plan field is")
