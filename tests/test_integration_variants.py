@@ -142,3 +142,26 @@ def test_wan_camera_control(comfy, config_class, extra, clip):
     still = with_values(positive, {"camera_conditions": torch.zeros_like(camera)})
     assert H.rel_diff(H.sample(model, still, with_values(negative, {"camera_conditions": torch.zeros_like(camera)}),
                                seed=5, steps=1), H.sample(model, positive, negative, seed=5, steps=1)) > 1e-4
+
+
+def test_in_context_reference_latents_are_appended(comfy):
+    """ComfyUI 0.3x appends in-context reference latents (Bernini's
+    `context_latents`) after the video tokens: served, the appended tokens
+    global. On an older ComfyUI, checks the feature is really absent."""
+    import inspect
+
+    import comfy.ldm.wan.model as wan
+    from sparse_vdit.patterns import Geometry
+
+    if "context_latents" not in inspect.getsource(wan.WanModel):
+        assert H.version_tuple() < (0, 30), "this ComfyUI should append context_latents"
+        return
+    model = H.tiny_wan_model(seed=0)
+    positive, negative = H.make_conds(model, seed=1)
+    context = [torch.randn(1, 16, 1, 2 * R, 2 * C, generator=torch.Generator().manual_seed(5))]
+    positive = [[positive[0][0], {"context_latents": context}]]
+    negative = [[negative[0][0], {"context_latents": context}]]
+    geometry = Geometry(T, R, C, suffix=R * C)
+    out, expected, hook, state = run_both(model, positive, negative, geometry)
+    assert state["n"] == LAYERS and hook.counts.get("sparse") == LAYERS, hook.counts
+    assert H.rel_diff(out, expected) < 1e-4
