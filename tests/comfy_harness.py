@@ -168,8 +168,10 @@ def _ensure_importable(package: str) -> bool:
     return True
 
 
-def _ensure_torchvision() -> bool:
-    return _ensure_importable("torchvision")
+def stub_unimportable_packages() -> dict[str, bool]:
+    """Stub each package of _STUBBED_SUBMODULES that does not import here
+    (ComfyUI imports them at load); returns package -> whether stubbed."""
+    return {package: _ensure_importable(package) for package in _STUBBED_SUBMODULES}
 
 
 def import_comfy(path: str | None = None, attention: str = "pytorch") -> types.SimpleNamespace:
@@ -212,8 +214,7 @@ def import_comfy(path: str | None = None, attention: str = "pytorch") -> types.S
             sys.path.remove(path)
         sys.path.insert(0, path)
 
-    stubbed = _ensure_torchvision()
-    audio_stubbed = _ensure_importable("torchaudio")
+    stubbed = stub_unimportable_packages()
 
     import comfy.options  # noqa: F401  (args parsing stays off: parse_args([]))
     import comfy.cli_args
@@ -245,8 +246,8 @@ def import_comfy(path: str | None = None, attention: str = "pytorch") -> types.S
     _NAMESPACE = types.SimpleNamespace(
         path=path,
         version=comfyui_version(path),
-        torchvision_stubbed=stubbed,
-        torchaudio_stubbed=audio_stubbed,
+        torchvision_stubbed=stubbed["torchvision"],
+        torchaudio_stubbed=stubbed["torchaudio"],
         cpu=torch.device("cpu"),
         comfy=sys.modules["comfy"],
         model_management=model_management,

@@ -18,9 +18,13 @@ temporary models folder:
 - the workflow converted to an API prompt passes ComfyUI's own
   ``execution.validate_prompt`` with every output node valid.
 
-Nodes of the pack that are still being written (Calibrate, Solve Plan, Plan
-Preview, the Patch node's "auto" plan) make only the workflows that use them
-skip, with the reason; once they exist these workflows are checked in full.
+One set of workflows serves every version tested (0.3.64, 0.8.0, 0.33.0):
+they carry the widget values of the oldest, and inputs a newer ComfyUI added
+(0.33's CreateVideo ``bit_depth``, SaveVideo's hidden ``codec``) are optional
+ones the frontend fills with their defaults; the converter does the same and
+ComfyUI's own validation then judges the prompt. A required widget without a
+value fails the test. tests/test_browser.py checks that each version's
+frontend builds the same prompt.
 """
 
 from __future__ import annotations
@@ -70,19 +74,8 @@ EXPECTED = {
         plans=["auto"], samplers={"BasicGuider": 1, "BasicScheduler": 1}),
 }
 
-#: loader node type -> (widget index, models/ folder) for each file it names
-LOADERS = {
-    "UNETLoader": [(0, "diffusion_models")],
-    "CLIPLoader": [(0, "text_encoders")],
-    "DualCLIPLoader": [(0, "text_encoders"), (1, "text_encoders")],
-    "VAELoader": [(0, "vae")],
-    "CLIPVisionLoader": [(0, "clip_vision")],
-}
 
 PACK_NODES = {"SparseVDiTPatch", "SparseVDiTCalibrate", "SparseVDiTSolvePlan", "SparseVDiTPlanPreview"}
-#: pack nodes / combo options the lead is still writing: workflows using them skip until they exist
-PENDING_NODES = {"SparseVDiTCalibrate", "SparseVDiTSolvePlan", "SparseVDiTPlanPreview"}
-PENDING_OPTIONS = {("SparseVDiTPatch", "plan"): {"auto"}}
 #: nodes that take the (patched) diffusion model for sampling
 MODEL_CONSUMERS = {"KSampler", "KSamplerAdvanced", "BasicGuider", "CFGGuider", "BasicScheduler",
                    "SparseVDiTCalibrate"}
@@ -116,11 +109,7 @@ def test_graph_bookkeeping_is_consistent(name):
 
 @pytest.mark.parametrize("name", WORKFLOWS)
 def test_model_files_are_the_official_template_names(name):
-    wf = _wf(name)
-    found: dict[str, list[str]] = {}
-    for node in wf["nodes"]:
-        for index, folder in LOADERS.get(node["type"], []):
-            found.setdefault(folder, []).append(node["widgets_values"][index])
+    found = wt.model_files(_wf(name))
     assert {k: sorted(v) for k, v in found.items()} == {k: sorted(v) for k, v in EXPECTED[name]["models"].items()}
 
 
@@ -277,6 +266,43 @@ def test_widget_checks_catch_count_type_range_and_combo_errors():
     assert wt.types_match("MODEL", "*") and wt.types_match("IMAGE", "IMAGE") and not wt.types_match("MODEL", "CLIP")
 
 
+def test_widgets_past_the_saved_values_get_their_defaults_as_in_the_frontend():
+    specs = wt.input_specs({"required": {"fps": ("FLOAT", {"default": 30.0})},
+                            "optional": {"bit_depth": ("INT", {"default": 8}), "mode": (["a", "b"],)}})
+    m = wt.map_widgets({"id": 1, "type": "CreateVideo", "widgets_values": [24]}, specs)
+    assert m.problems == [] and m.values == {"fps": 24, "bit_depth": 8, "mode": "a"}
+    assert m.defaulted == ["bit_depth", "mode"]
+    m = wt.map_widgets({"id": 1, "type": "CreateVideo", "widgets_values": []}, specs)
+    assert m.defaulted == ["fps", "bit_depth", "mode"] and m.widgets["fps"].required
+    no_default = wt.input_specs({"required": {"text": ("STRING", {})}})
+    assert wt.map_widgets({"id": 2, "type": "T", "widgets_values": []}, no_default).problems
+
+
+#: a V3 dynamic combo as ComfyUI 0.33's SaveVideo declares it (format -> codec -> encoding)
+_DYNAMIC = {"required": {
+    "filename_prefix": ("STRING", {"default": "video/ComfyUI"}),
+    "format": (wt.DYNAMIC_COMBO, {"options": [
+        {"key": "auto", "inputs": {"required": {"codec": (wt.DYNAMIC_COMBO, {"options": [
+            {"key": "auto", "inputs": {"required": {}}},
+            {"key": "h264", "inputs": {"required": {"crf": ("FLOAT", {"default": 23.0})}}}]})}}},
+        {"key": "webm", "inputs": {"required": {}}}]})},
+    "optional": {"codec": (wt.DYNAMIC_COMBO, {"hidden": True, "options": [{"key": "auto", "inputs": {}}]})}}
+
+
+def test_dynamic_combo_inputs_follow_their_combo_with_dotted_names():
+    specs = wt.input_specs(_DYNAMIC)
+    m = wt.map_widgets({"id": 3, "type": "SaveVideo", "widgets_values": ["v/x", "auto", "h264", 18.0]}, specs)
+    assert m.problems == []
+    assert list(m.values.items()) == [("filename_prefix", "v/x"), ("format", "auto"), ("format.codec", "h264"),
+                                      ("format.codec.crf", 18.0), ("codec", "auto")]
+    assert m.defaulted == ["codec"]
+    m = wt.map_widgets({"id": 3, "type": "SaveVideo", "widgets_values": ["v/x", "webm"]}, specs)
+    assert m.values == {"filename_prefix": "v/x", "format": "webm", "codec": "auto"}
+    assert wt.widget_value_problems({"id": 3}, m.widgets["format"], "mov")  # not an option
+    m = wt.map_widgets({"id": 3, "type": "SaveVideo", "widgets_values": ["v/x", "webm", "auto", "auto"]}, specs)
+    assert m.problems  # one value too many
+
+
 # ==========================================================================
 # Against a real ComfyUI
 # ==========================================================================
@@ -299,13 +325,6 @@ def _import_comfy_utils_package(comfy_path):
     mod = importlib.util.module_from_spec(spec)
     sys.modules["utils"] = mod
     spec.loader.exec_module(mod)
-
-
-def _placeholder_png(path):
-    # a valid 1x1 PNG, in case something opens it
-    from PIL import Image
-
-    Image.new("RGB", (1, 1), (128, 128, 128)).save(path)
 
 
 @pytest.fixture(scope="module")
@@ -332,24 +351,14 @@ def comfy_env(comfy, tmp_path_factory):
                                                                 "*.egg-info", ".benchmarks"))
     assert asyncio.run(nodes.load_custom_node(str(target))), "the pack did not load as a custom node"
 
-    # placeholder model files named as in the workflows, in a temporary models folder
-    models = base / "models"
+    # placeholder model files and input images named as in the workflows
+    wt.write_placeholder_inputs(str(base), [_wf(name) for name in WORKFLOWS])
+    models, input_dir = base / "models", base / "input"
     added = []
-    for name in WORKFLOWS:
-        for folder, files in EXPECTED[name]["models"].items():
-            d = models / folder
-            d.mkdir(parents=True, exist_ok=True)
-            for f in files:
-                (d / f).touch()
     for folder in sorted(p.name for p in models.iterdir()):
         folder_paths.add_model_folder_path(folder, str(models / folder))
         added.append(folder)
         folder_paths.filename_list_cache.pop(folder, None)
-    input_dir = base / "input"
-    input_dir.mkdir()
-    for wf_name in WORKFLOWS:
-        for n in _nodes_of(_wf(wf_name), "LoadImage"):
-            _placeholder_png(input_dir / n["widgets_values"][0])
     old_input = folder_paths.get_input_directory()
     folder_paths.set_input_directory(str(input_dir))
     try:
@@ -364,32 +373,6 @@ def comfy_env(comfy, tmp_path_factory):
             folder_paths.filename_list_cache.pop(folder, None)
 
 
-def _pending_reason(wf, env):
-    """Why this workflow cannot be checked yet (pack nodes still being written), or None."""
-    missing = sorted({n["type"] for n in wf["nodes"] if n["type"] in PENDING_NODES and n["type"] not in env.mappings})
-    if missing:
-        return f"pack node(s) {missing} not written yet (NODE_CLASS_MAPPINGS has no such id)"
-    for (type_, input_name), values in PENDING_OPTIONS.items():
-        cls = env.mappings.get(type_)
-        if cls is None:
-            continue
-        spec = next((s for s in wt.input_specs(cls.INPUT_TYPES()) if s.name == input_name), None)
-        for n in _nodes_of(wf, type_):
-            m = wt.map_widgets(n, wt.input_specs(cls.INPUT_TYPES()))
-            val = m.values.get(input_name)
-            if val in values and spec is not None and val not in spec.options:
-                return f"{type_}.{input_name} has no option {val!r} yet (pending in the pack)"
-    return None
-
-
-def _load_checkable(name, env):
-    wf = _wf(name)
-    reason = _pending_reason(wf, env)
-    if reason:
-        pytest.skip(f"{name}: {reason}")
-    return wf
-
-
 def _specs(env, type_):
     return wt.input_specs(env.mappings[type_].INPUT_TYPES())
 
@@ -400,7 +383,7 @@ pytest_comfy = pytest.mark.comfyui
 @pytest_comfy
 @pytest.mark.parametrize("name", WORKFLOWS)
 def test_every_node_type_exists(name, comfy_env):
-    wf = _load_checkable(name, comfy_env)
+    wf = _wf(name)
     missing = [t for t in wt.node_types(wf) if t not in wt.FRONTEND_ONLY and t not in comfy_env.mappings]
     assert missing == [], f"node types missing from ComfyUI {sys.modules['comfy_harness'].comfyui_version()}"
 
@@ -408,7 +391,7 @@ def test_every_node_type_exists(name, comfy_env):
 @pytest_comfy
 @pytest.mark.parametrize("name", WORKFLOWS)
 def test_widget_values_fit_the_node_inputs(name, comfy_env):
-    wf = _load_checkable(name, comfy_env)
+    wf = _wf(name)
     problems = []
     for node in wf["nodes"]:
         if node["type"] in wt.FRONTEND_ONLY:
@@ -416,9 +399,12 @@ def test_widget_values_fit_the_node_inputs(name, comfy_env):
         specs = _specs(comfy_env, node["type"])
         mapping = wt.map_widgets(node, specs)
         problems += mapping.problems
-        by_name = {s.name: s for s in specs}
         for input_name, value in mapping.values.items():
-            problems += wt.widget_value_problems(node, by_name[input_name], value)
+            problems += wt.widget_value_problems(node, mapping.widgets[input_name], value)
+        # only inputs a newer ComfyUI made optional may be left to their defaults
+        problems += [f"node {node['id']} ({node['type']}): required widget {name!r} has no value"
+                     for name in mapping.defaulted if mapping.widgets[name].required]
+        by_name = {s.name: s for s in specs}
         # socket inputs named in the workflow exist on the node, with the same type
         for inp in node.get("inputs") or []:
             iname = (inp.get("widget") or {}).get("name") or inp["name"]
@@ -444,7 +430,7 @@ def test_widget_values_fit_the_node_inputs(name, comfy_env):
 def test_links_connect_matching_types(name, comfy_env):
     from comfy_execution.validation import validate_node_input
 
-    wf = _load_checkable(name, comfy_env)
+    wf = _wf(name)
     by_id = wt.nodes_by_id(wf)
     problems = []
     for link in wt.links_by_id(wf).values():
@@ -470,7 +456,7 @@ def test_links_connect_matching_types(name, comfy_env):
 def test_api_prompt_passes_comfyui_validation(name, comfy_env):
     import execution
 
-    wf = _load_checkable(name, comfy_env)
+    wf = _wf(name)
     prompt = wt.workflow_to_prompt(wf, lambda t: comfy_env.mappings[t].INPUT_TYPES())
     assert all(v["class_type"] not in wt.FRONTEND_ONLY for v in prompt.values())
     outputs = {k for k, v in prompt.items() if getattr(comfy_env.mappings[v["class_type"]], "OUTPUT_NODE", False)}

@@ -10,7 +10,9 @@ structural checks and the UI -> API prompt converter can be tested alone.
 - :func:`map_widgets`: a node's ``widgets_values`` matched to its widget inputs
   in the order the frontend creates widgets (required then optional; one extra
   value after an input with ``control_after_generate``, and after an upload
-  combo such as LoadImage's ``image``).
+  combo such as LoadImage's ``image``; a dynamic combo's chosen inputs right
+  after it, named "<combo>.<input>"). Widgets past the saved values get their
+  defaults, as the frontend gives them when a newer ComfyUI added inputs.
 - :func:`widget_value_problems`: type, combo membership and min/max of values.
 - :func:`workflow_to_prompt`: the API prompt the frontend would queue
   (``{id: {"class_type", "inputs"}}`` with links as ``[node_id_str, slot]``),
@@ -33,11 +35,24 @@ WORKFLOWS_DIR = os.path.join(PACK_ROOT, "workflows")
 NOTE_TYPES = frozenset({"Note", "MarkdownNote"})
 FRONTEND_ONLY = NOTE_TYPES | {"Reroute", "PrimitiveNode"}
 
+#: A V3 combo whose chosen option brings its own inputs (ComfyUI >= 0.1x: SaveVideo's
+#: format -> codec); the frontend names them "<combo>.<input>" and puts their widgets
+#: right after the combo's.
+DYNAMIC_COMBO = "COMFY_DYNAMICCOMBO_V3"
 #: Input types the frontend turns into widgets (a list type is a combo too).
-WIDGET_TYPES = frozenset({"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"})
+WIDGET_TYPES = frozenset({"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO", DYNAMIC_COMBO})
 #: Combo flags after which the frontend adds an upload button that stores a value.
 UPLOAD_FLAGS = ("image_upload", "video_upload", "audio_upload", "animated_image_upload", "model_upload")
 CONTROL_VALUES = frozenset({"fixed", "increment", "decrement", "randomize"})
+
+#: loader node type -> (widget index, models/ folder) for each model file it names
+MODEL_LOADERS = {
+    "UNETLoader": [(0, "diffusion_models")],
+    "CLIPLoader": [(0, "text_encoders")],
+    "DualCLIPLoader": [(0, "text_encoders"), (1, "text_encoders")],
+    "VAELoader": [(0, "vae")],
+    "CLIPVisionLoader": [(0, "clip_vision")],
+}
 
 MODE_ALWAYS = 0
 MODE_NEVER = 2  # muted
@@ -85,6 +100,36 @@ def links_by_id(wf: dict) -> dict[int, Link]:
 
 def nodes_by_id(wf: dict) -> dict[int, dict]:
     return {n["id"]: n for n in wf.get("nodes", [])}
+
+
+def model_files(wf: dict) -> dict[str, list[str]]:
+    """models/ folder -> the file names the workflow's loaders name (in node order)."""
+    found: dict[str, list[str]] = {}
+    for node in wf.get("nodes", []):
+        for index, folder in MODEL_LOADERS.get(node["type"], []):
+            found.setdefault(folder, []).append(node["widgets_values"][index])
+    return found
+
+
+def input_images(wf: dict) -> list[str]:
+    """The input/ file names the workflow's LoadImage nodes name."""
+    return [n["widgets_values"][0] for n in wf.get("nodes", []) if n["type"] == "LoadImage"]
+
+
+def write_placeholder_inputs(base: str, workflows) -> None:
+    """Empty model files and 1x1 PNG inputs named as in ``workflows``, under
+    ``base``/models/<folder> and ``base``/input: what a user who has the models
+    would have, so loaders offer the workflows' files."""
+    from PIL import Image
+
+    for wf in workflows:
+        for folder, files in model_files(wf).items():
+            os.makedirs(os.path.join(base, "models", folder), exist_ok=True)
+            for name in files:
+                open(os.path.join(base, "models", folder, name), "ab").close()
+        os.makedirs(os.path.join(base, "input"), exist_ok=True)
+        for name in input_images(wf):
+            Image.new("RGB", (1, 1), (128, 128, 128)).save(os.path.join(base, "input", name))
 
 
 def node_types(wf: dict) -> list[str]:
@@ -193,13 +238,34 @@ class InputSpec:
 
     @property
     def is_combo(self) -> bool:
-        return isinstance(self.type, (list, tuple)) or self.type == "COMBO"
+        return isinstance(self.type, (list, tuple)) or self.type in ("COMBO", DYNAMIC_COMBO)
 
     @property
     def options(self) -> list:
         if isinstance(self.type, (list, tuple)):
             return list(self.type)
+        if self.type == DYNAMIC_COMBO:
+            return [o["key"] for o in self.extra.get("options") or []]
         return list(self.extra.get("options") or [])
+
+    @property
+    def default(self) -> Any:
+        """The value the frontend gives a widget the workflow has no value for (None: none)."""
+        if "default" in self.extra:
+            return self.extra["default"]
+        if self.is_combo and self.options:
+            return self.options[0]
+        return None
+
+    def chosen_inputs(self, value: Any) -> list["InputSpec"]:
+        """A dynamic combo's inputs for the option ``value``, named "<combo>.<input>"."""
+        if self.type != DYNAMIC_COMBO:
+            return []
+        option = next((o for o in self.extra.get("options") or [] if o.get("key") == value), None)
+        if option is None:
+            return []
+        inner = input_specs(option.get("inputs") or {})
+        return [InputSpec(f"{self.name}.{i.name}", i.type, i.extra, i.required and self.required) for i in inner]
 
     @property
     def type_name(self) -> str:
@@ -252,9 +318,14 @@ def types_match(output_type: Any, input_type: Any) -> bool:
 
 @dataclass
 class WidgetMapping:
-    values: dict[str, Any]  # input name -> widget value
+    values: dict[str, Any]  # input name -> widget value (frontend order)
     problems: list[str]
     expected_count: int
+    #: widgets the workflow carries no value for, given their default as the frontend does
+    #: (inputs a newer ComfyUI added after the workflow was saved)
+    defaulted: list[str] = field(default_factory=list)
+    #: input name -> spec of every widget mapped (a dynamic combo's chosen inputs included)
+    widgets: dict[str, "InputSpec"] = field(default_factory=dict)
 
 
 def map_widgets(node: dict, specs: Iterable[InputSpec]) -> WidgetMapping:
@@ -272,16 +343,24 @@ def map_widgets(node: dict, specs: Iterable[InputSpec]) -> WidgetMapping:
             problems.append(f"{where}: widgets_values has no value for {missing}")
         return WidgetMapping(vals, problems, len(specs))
     values: dict[str, Any] = {}
+    defaulted: list[str] = []
+    widgets: dict[str, InputSpec] = {}
     pos = 0
     expected = 0
-    for spec in specs:
-        if not spec.is_widget:
-            continue
+    pending = [s for s in specs if s.is_widget]
+    while pending:
+        spec = pending.pop(0)
+        widgets[spec.name] = spec
         expected += 1 + int(spec.has_control)
         if pos >= len(raw):
-            if spec.required:
-                problems.append(f"{where}: no widget value for {spec.name!r} (widgets_values has {len(raw)})")
-            pos += 1 + int(spec.has_control)
+            # the frontend gives a widget with no saved value its default
+            if spec.default is None:
+                problems.append(f"{where}: no widget value for {spec.name!r} (widgets_values has {len(raw)}) "
+                                f"and it has no default")
+            else:
+                values[spec.name] = spec.default
+                defaulted.append(spec.name)
+                pending[:0] = [s for s in spec.chosen_inputs(spec.default) if s.is_widget]
             continue
         values[spec.name] = raw[pos]
         pos += 1
@@ -296,9 +375,10 @@ def map_widgets(node: dict, specs: Iterable[InputSpec]) -> WidgetMapping:
         if spec.has_upload and pos < len(raw) and raw[pos] in ("image", "video", "audio", "model"):
             pos += 1
             expected += 1
-    if pos != len(raw):
+        pending[:0] = [s for s in spec.chosen_inputs(values[spec.name]) if s.is_widget]
+    if pos < len(raw):
         problems.append(f"{where}: {len(raw)} widget values for {expected} widgets: {raw!r}")
-    return WidgetMapping(values, problems, expected)
+    return WidgetMapping(values, problems, expected, defaulted, widgets)
 
 
 def widget_value_problems(node: dict, spec: InputSpec, value: Any) -> list[str]:
@@ -388,10 +468,7 @@ def workflow_to_prompt(wf: dict, class_inputs: Callable[[str], dict]) -> dict:
         mapping = map_widgets(node, specs)
         if mapping.problems:
             raise ConversionError("; ".join(mapping.problems))
-        inputs: dict[str, Any] = {}
-        for spec in specs:
-            if spec.name in mapping.values:
-                inputs[spec.name] = mapping.values[spec.name]
+        inputs: dict[str, Any] = dict(mapping.values)
         for inp in node.get("inputs") or []:
             lid = inp.get("link")
             if lid is None:
