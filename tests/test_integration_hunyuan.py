@@ -18,7 +18,10 @@ TEXT, TEXT_KEPT = 20, 14
 T, R, C = H.DEFAULT_GRID
 
 
-def tiny_hunyuan(comfy):
+def tiny_hunyuan(comfy, v15: bool = False):
+    """HunyuanVideo (patch 1x2x2, 16 latent channels) or HunyuanVideo 1.5
+    (patch 1x1x1, 32 latent channels + image and mask channels, cond-type
+    embedding, vision projection; no pooled vector, no guidance)."""
     import comfy.ldm.hunyuan_video.model as hv
 
     wanted = {"in_channels": 16, "out_channels": 16, "vec_in_dim": 768, "context_in_dim": 32,
@@ -26,8 +29,14 @@ def tiny_hunyuan(comfy):
               "depth_single_blocks": SINGLE, "axes_dim": [4, 6, 6], "theta": 256, "patch_size": [1, 2, 2],
               "qkv_bias": True, "guidance_embed": True, "byt5": False, "meanflow": False,
               "use_cond_type_embedding": False, "vision_in_dim": None, "meanflow_sum": False}
+    config_class = "HunyuanVideo"
+    if v15:
+        wanted.update({"in_channels": 65, "out_channels": 32, "vec_in_dim": None, "patch_size": [1, 1, 1],
+                       "guidance_embed": False, "use_cond_type_embedding": True, "vision_in_dim": 16,
+                       "meanflow_sum": True})
+        config_class = "HunyuanVideo15"
     fields = {f.name for f in dataclasses.fields(hv.HunyuanVideoParams)}
-    return H.tiny_model("HunyuanVideo", {"image_model": "hunyuan_video", **{k: v for k, v in wanted.items() if k in fields}})
+    return H.tiny_model(config_class, {"image_model": "hunyuan_video", **{k: v for k, v in wanted.items() if k in fields}})
 
 
 def conds(text_kept=TEXT_KEPT, masked=True, ref_latent=None):
@@ -97,6 +106,7 @@ CASES = {
     "unpadded text": dict(text_kept=TEXT),
     "no text mask": dict(text_kept=TEXT, masked=False),
     "reference latent (I2V)": dict(text_kept=TEXT_KEPT, ref=True),
+    "HunyuanVideo 1.5, padded text": dict(text_kept=TEXT_KEPT, v15=True),
 }
 
 
@@ -106,19 +116,25 @@ def test_hunyuan_video_joint_attention(comfy, case):
     from sparse_vdit.integration.model_info import describe_model
 
     spec = CASES[case]
-    model = tiny_hunyuan(comfy)
+    if spec.get("v15") and not hasattr(comfy.supported_models, "HunyuanVideo15"):
+        assert H.version_tuple() < (0, 4), "this ComfyUI should have HunyuanVideo 1.5"
+        return
+    model = tiny_hunyuan(comfy, spec.get("v15", False))
+    # HunyuanVideo 1.5 has no 2x2 patch: a latent the grid's own size, 32 channels.
+    latent = torch.zeros(1, 32, T, R, C) if spec.get("v15") else None
     info = describe_model(model)
     assert (info.layers, info.heads, info.head_dim, info.double_layers) == (2, HEADS, HEAD_DIM, DOUBLE)
     assert info.text == ("before" if text_first() else "after")  # read off the model, checked by version
     ref_latent = torch.randn(1, 16, 1, 2 * R, 2 * C, generator=torch.Generator().manual_seed(3)) if spec.get("ref") else None
     positive, negative = conds(spec["text_kept"], spec.get("masked", True), ref_latent)
     override, state = oracle_override(H.has_block_index(), spec["text_kept"], R * C if spec.get("ref") else 0)
-    expected = H.sample(H.install_attention_override(model, override), positive, negative, seed=5, steps=2, cfg=1.0)
+    expected = H.sample(H.install_attention_override(model, override), positive, negative, latent, seed=5, steps=2,
+                        cfg=1.0)
     assert state["n"] == 2 * (DOUBLE + SINGLE)
     patched = apply_plan(model, plan(), backend="reference")
-    out = H.sample(patched, positive, negative, seed=5, steps=2, cfg=1.0)
+    out = H.sample(patched, positive, negative, latent, seed=5, steps=2, cfg=1.0)
     hook = patched.model_options["transformer_options"]["optimized_attention_override"]
     assert hook.counts.get("sparse") == 2 * (DOUBLE + SINGLE), hook.counts
-    dense = H.sample(model, positive, negative, seed=5, steps=2, cfg=1.0)
+    dense = H.sample(model, positive, negative, latent, seed=5, steps=2, cfg=1.0)
     assert H.rel_diff(out, dense) > 1e-3  # the plan matters
     assert H.rel_diff(out, expected) < 1e-4
