@@ -7,6 +7,9 @@ import logging
 
 from ..plans.format import DenseSchedule, Plan, PlanError
 from .model_info import ModelInfo, describe_model
+from .models import ADAPTERS
+
+SUPPORTED = ", ".join(adapter.__name__.removesuffix("Adapter") for adapter in ADAPTERS)
 from .sparse_patch import SparsePatch
 from .video_hook import OVERRIDE_KEY, VideoAttentionHook
 
@@ -35,7 +38,7 @@ def require_model_info(model_patcher) -> ModelInfo:
     info = describe_model(model_patcher)
     if info is None:
         raise PlanError(f"{_model_name(model_patcher)} is not a model Sparse-vDiT supports yet "
-                        "(supported: native Wan2.1 / Wan2.2, HunyuanVideo T2V)")
+                        f"(supported: {SUPPORTED}; see the README's model support table)")
     return info
 
 
