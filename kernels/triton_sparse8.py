@@ -47,35 +47,34 @@ _HEADS_KEY = "triton_heads"
 if triton is not None:
 
     @triton.jit
-    def _attend8(acc, m_i, l_i, q8, qs, k8, ks, v, kv_start, seq_len,
-                 MASK_KV: tl.constexpr, BLOCK_N: tl.constexpr, PV_FP8: tl.constexpr,
-                 UPCAST: tl.constexpr, LOG2_PMAX: tl.constexpr, EXP16: tl.constexpr):
+    def _qk8(q8, k8, UPCAST: tl.constexpr):
+        """Raw scores of one key block: int32 (fp32 holding integers under the interpreter)."""
         if UPCAST:
-            s = tl.dot(q8.to(tl.float32), tl.trans(k8.to(tl.float32)), input_precision="ieee")
+            return tl.dot(q8.to(tl.float32), tl.trans(k8.to(tl.float32)), input_precision="ieee")
+        return tl.dot(q8, tl.trans(k8))
+
+    @triton.jit
+    def _softmax_pv8(acc, m_i, l_i, s_raw, qs, ks, v, kv_start, seq_len,
+                     MASK_KV: tl.constexpr, BLOCK_N: tl.constexpr, PV_FP8: tl.constexpr,
+                     UPCAST: tl.constexpr, LOG2_PMAX: tl.constexpr):
+        if UPCAST:
+            s = s_raw
         else:
-            # int32 -> fp32 without I2F (a 16/clk/SM conversion on Hopper, as slow
-            # as exp2): |s| <= 127 * 127 * 128 < 2^22, so the bits of 1.5 * 2^23 + s
-            # are 0x4B400000 + s; one integer add and one exact float subtract.
-            s = (tl.dot(q8, tl.trans(k8)) + 0x4B400000).to(tl.float32, bitcast=True) - 12582912.0
+            # int32 -> fp32 without I2F: |s| <= 127 * 127 * 128 < 2^22, so the bits
+            # of 1.5 * 2^23 + s are 0x4B400000 + s (an integer add and an exact
+            # float subtract; measured equal to I2F on H200, kept: no rounding).
+            s = (s_raw + 0x4B400000).to(tl.float32, bitcast=True) - 12582912.0
         sc = qs * ks  # per row, > 0: log2 units (softmax scale * log2 e is in qs)
         if MASK_KV:
             cols = kv_start + tl.arange(0, BLOCK_N)
             s = tl.where((cols < seq_len)[None, :], s, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(s, 1) * sc)  # the row max taken before scaling
-        x = s * sc[:, None] - (m_new - LOG2_PMAX)[:, None]  # p = PMAX * 2^(s - m) = 2^x in [0, PMAX]
+        p = tl.math.exp2(s * sc[:, None] - (m_new - LOG2_PMAX)[:, None])  # PMAX * 2^(s - m) in [0, PMAX]
         alpha = tl.math.exp2(m_i - m_new)
-        if EXP16:  # two exponentials per MUFU op (ex2.approx.f16x2): P is rounded to e4m3 next anyway
-            p16 = tl.inline_asm_elementwise("ex2.approx.f16x2 $0, $1;", "=r,r", [x.to(tl.float16)],
-                                            dtype=tl.float16, is_pure=True, pack=2)
-            p = p16.to(tl.float32)
-        else:
-            p = tl.math.exp2(x)
         l_i = l_i * alpha + tl.sum(p, 1)
         if PV_FP8:  # v: [D, BLOCK_N] fp8, token-contiguous
             if UPCAST:
                 pv = tl.dot(quant8.e4m3_grid(p), tl.trans(v.to(tl.float32)), input_precision="ieee")
-            elif EXP16:
-                pv = tl.dot(p16.to(tl.float8e4nv), tl.trans(v))
             else:
                 pv = tl.dot(p.to(tl.float8e4nv), tl.trans(v))
             acc = acc * alpha[:, None] + pv  # two-level: a fresh accumulator per block
@@ -88,6 +87,26 @@ if triton is not None:
         return acc, m_new, l_i
 
     @triton.jit
+    def _load_k8(kb, k_desc, k8_base, k_row0, offs_n, offs_d,
+                 HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr, USE_TMA: tl.constexpr):
+        if USE_TMA:
+            return k_desc.load([(k_row0 + kb * BLOCK_N).to(tl.int32), 0])
+        return tl.load(k8_base + (kb * BLOCK_N + offs_n)[:, None].to(tl.int64) * HEAD_DIM + offs_d[None, :])
+
+    @triton.jit
+    def _load_v8(kb, v_desc, vt_base, v_base, v_row0, l_pad, svl, seq_len, offs_n, offs_d,
+                 BLOCK_N: tl.constexpr, PV_FP8: tl.constexpr, USE_TMA: tl.constexpr, MASK_KV: tl.constexpr):
+        if PV_FP8:  # [D, BLOCK_N] from the zero-padded token-contiguous copy
+            if USE_TMA:
+                return v_desc.load([v_row0.to(tl.int32), kb * BLOCK_N])
+            return tl.load(vt_base + offs_d[:, None].to(tl.int64) * l_pad + kb * BLOCK_N + offs_n[None, :])
+        kn = kb * BLOCK_N + offs_n  # [BLOCK_N, D] from the caller's V (not padded)
+        if MASK_KV:
+            return tl.load(v_base + kn[:, None].to(tl.int64) * svl + offs_d[None, :],
+                           mask=(kn < seq_len)[:, None], other=0.0)
+        return tl.load(v_base + kn[:, None].to(tl.int64) * svl + offs_d[None, :])
+
+    @triton.jit
     def _sparse_attn8_fwd(
         Q8, QS, K8, KS, VT8, V, VS, O, k_desc, v_desc,
         kv_offsets, kv_indices, heads_ptr,
@@ -95,7 +114,7 @@ if triton is not None:
         svb, svl, svh, sob, sol, soh,
         HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, TILE_M: tl.constexpr, BLOCK_N: tl.constexpr,
         USE_TMA: tl.constexpr, KV_TAIL: tl.constexpr, PV_FP8: tl.constexpr, UPCAST: tl.constexpr,
-        LOG2_PMAX: tl.constexpr, EXP16: tl.constexpr,
+        LOG2_PMAX: tl.constexpr, PIPE_QK: tl.constexpr,
     ):
         SPLIT: tl.constexpr = BLOCK_M // TILE_M
         pid = tl.program_id(0)
@@ -133,36 +152,44 @@ if triton is not None:
 
         k_row0 = bs64 * l_pad
         v_row0 = bs64 * HEAD_DIM
-        for j in tl.range(start, full_end):
-            kb = tl.load(kv_indices + j)
-            if USE_TMA:
-                k8 = k_desc.load([(k_row0 + kb * BLOCK_N).to(tl.int32), 0])
-            else:
-                k8 = tl.load(k8_base + (kb * BLOCK_N + offs_n)[:, None].to(tl.int64) * HEAD_DIM + offs_d[None, :])
-            if PV_FP8:
-                if USE_TMA:
-                    v = v_desc.load([v_row0.to(tl.int32), kb * BLOCK_N])
-                else:
-                    v = tl.load(vt_base + offs_d[:, None].to(tl.int64) * l_pad + kb * BLOCK_N + offs_n[None, :])
-            else:
-                v = tl.load(v_base + (kb * BLOCK_N + offs_n)[:, None].to(tl.int64) * svl + offs_d[None, :])
-            ks = tl.load(ks_base + kb)
-            acc, m_i, l_i = _attend8(acc, m_i, l_i, q8, qs, k8, ks, v, kb * BLOCK_N, seq_len,
-                                     False, BLOCK_N, PV_FP8, UPCAST, LOG2_PMAX, EXP16)
+        if PIPE_QK:  # the next block's QK^T is issued before this block's softmax and P.V
+            if full_end > start:
+                kb = tl.load(kv_indices + start)
+                s_raw = _qk8(q8, _load_k8(kb, k_desc, k8_base, k_row0, offs_n, offs_d, HEAD_DIM, BLOCK_N, USE_TMA),
+                             UPCAST)
+                ks = tl.load(ks_base + kb)
+                for j in tl.range(start + 1, full_end):
+                    kb_next = tl.load(kv_indices + j)
+                    s_next = _qk8(q8, _load_k8(kb_next, k_desc, k8_base, k_row0, offs_n, offs_d, HEAD_DIM,
+                                               BLOCK_N, USE_TMA), UPCAST)
+                    v = _load_v8(kb, v_desc, vt_base, v_base, v_row0, l_pad, svl, seq_len, offs_n, offs_d,
+                                 BLOCK_N, PV_FP8, USE_TMA, False)
+                    acc, m_i, l_i = _softmax_pv8(acc, m_i, l_i, s_raw, qs, ks, v, kb * BLOCK_N, seq_len,
+                                                 False, BLOCK_N, PV_FP8, UPCAST, LOG2_PMAX)
+                    s_raw = s_next
+                    ks = tl.load(ks_base + kb_next)
+                    kb = kb_next
+                v = _load_v8(kb, v_desc, vt_base, v_base, v_row0, l_pad, svl, seq_len, offs_n, offs_d,
+                             BLOCK_N, PV_FP8, USE_TMA, False)
+                acc, m_i, l_i = _softmax_pv8(acc, m_i, l_i, s_raw, qs, ks, v, kb * BLOCK_N, seq_len,
+                                             False, BLOCK_N, PV_FP8, UPCAST, LOG2_PMAX)
+        else:
+            for j in tl.range(start, full_end):
+                kb = tl.load(kv_indices + j)
+                k8 = _load_k8(kb, k_desc, k8_base, k_row0, offs_n, offs_d, HEAD_DIM, BLOCK_N, USE_TMA)
+                v = _load_v8(kb, v_desc, vt_base, v_base, v_row0, l_pad, svl, seq_len, offs_n, offs_d,
+                             BLOCK_N, PV_FP8, USE_TMA, False)
+                acc, m_i, l_i = _softmax_pv8(acc, m_i, l_i, _qk8(q8, k8, UPCAST), qs, tl.load(ks_base + kb), v,
+                                             kb * BLOCK_N, seq_len, False, BLOCK_N, PV_FP8, UPCAST, LOG2_PMAX)
 
-        if KV_TAIL:
+        if KV_TAIL:  # the ragged last key block: pointer loads, masked scores
             if full_end < end:
                 kb = n_k_blocks - 1
-                k8 = tl.load(k8_base + (kb * BLOCK_N + offs_n)[:, None].to(tl.int64) * HEAD_DIM + offs_d[None, :])
-                if PV_FP8:
-                    v = tl.load(vt_base + offs_d[:, None].to(tl.int64) * l_pad + kb * BLOCK_N + offs_n[None, :])
-                else:
-                    kn = kb * BLOCK_N + offs_n
-                    v = tl.load(v_base + kn[:, None].to(tl.int64) * svl + offs_d[None, :],
-                                mask=(kn < seq_len)[:, None], other=0.0)
-                ks = tl.load(ks_base + kb)
-                acc, m_i, l_i = _attend8(acc, m_i, l_i, q8, qs, k8, ks, v, kb * BLOCK_N, seq_len,
-                                         True, BLOCK_N, PV_FP8, UPCAST, LOG2_PMAX, EXP16)
+                k8 = _load_k8(kb, k_desc, k8_base, k_row0, offs_n, offs_d, HEAD_DIM, BLOCK_N, False)
+                v = _load_v8(kb, v_desc, vt_base, v_base, v_row0, l_pad, svl, seq_len, offs_n, offs_d,
+                             BLOCK_N, PV_FP8, False, True)
+                acc, m_i, l_i = _softmax_pv8(acc, m_i, l_i, _qk8(q8, k8, UPCAST), qs, tl.load(ks_base + kb), v,
+                                             kb * BLOCK_N, seq_len, True, BLOCK_N, PV_FP8, UPCAST, LOG2_PMAX)
 
         l_safe = tl.where(l_i == 0.0, 1.0, l_i)
         vs = tl.load(VS + bs64 * HEAD_DIM + offs_d)
@@ -250,7 +277,7 @@ def launch8(qz: "quant8.Quantized", v, out, kv_offsets, kv_indices, heads_t, blo
         v.stride(0), v.stride(1), v.stride(2), target.stride(0), target.stride(1), target.stride(2),
         HEAD_DIM=head_dim, BLOCK_M=block_m, TILE_M=tile_m, BLOCK_N=block_n,
         USE_TMA=use_tma, KV_TAIL=(seq_len % block_n != 0), PV_FP8=pv_fp8, UPCAST=upcast,
-        LOG2_PMAX=_LOG2_FP8_MAX, EXP16=bool(cfg.get("exp16")) and pv_fp8 and not upcast,
+        LOG2_PMAX=_LOG2_FP8_MAX, PIPE_QK=bool(cfg.get("pipe_qk", False)),
         num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
     )
     if target is not out:
