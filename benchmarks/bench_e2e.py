@@ -200,7 +200,7 @@ def run_e2e(name: str, config: dict, wan, attention, ops, kitchen, device, dtype
 
     from sparse_vdit.integration.model_info import describe_diffusion_model
     from sparse_vdit.integration.sparse_patch import SparsePatch
-    from sparse_vdit.integration.forward_info import wan_geometry
+    from sparse_vdit.integration.models.base import grid_geometry
     from sparse_vdit.patterns import Full, LayerPattern, compile_layer
     from sparse_vdit.plans.format import DenseSchedule, ModelShape, Plan
 
@@ -210,7 +210,7 @@ def run_e2e(name: str, config: dict, wan, attention, ops, kitchen, device, dtype
     g = torch.Generator(device=device).manual_seed(1)
     x = torch.randn(2, 16, frames, height, width, device=device, dtype=dtype, generator=g)
     inputs = (x, torch.tensor([500.0, 500.0], device=device), torch.randn(2, 512, 4096, device=device, dtype=dtype, generator=g))
-    geometry = wan_geometry(x, info.patch_size)
+    geometry = grid_geometry(x, info.patch_size)  # text-to-video: the padded video grid, no extra tokens
     backend = "auto" if device.type == "cuda" else "reference"
     rows = {} if rows is None else rows
 
