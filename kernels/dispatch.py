@@ -9,8 +9,9 @@ the reference path otherwise or when Triton cannot serve the call.
 precision: "bf16" (the exact path), "8-bit" (INT8 QK^T + FP8 PV,
 kernels/triton_sparse8.py; with no dense_fn given, full heads join the same
 launch as dense rows) or "auto" (8-bit on GPUs with FP8 tensor cores, sm_89
-and newer, when the call is eligible). A call the 8-bit path cannot serve
-runs in bf16, with one log line per reason.
+and newer, when the call is eligible and its rows are long enough to repay
+the quantization pre-pass: AUTO_MIN_KEYS_PER_QUERY). A call the 8-bit path
+cannot serve runs in bf16, with one log line per reason.
 """
 from __future__ import annotations
 
@@ -30,6 +31,13 @@ log = logging.getLogger("sparse_vdit")
 
 _triton_failures: set[tuple] = set()  # shapes whose Triton launch failed once
 PRECISIONS = ("bf16", "8-bit", "auto")
+# "auto" runs a layer in 8 bits only when its launch averages at least this
+# many keys per query: the pre-pass costs about one pass over q/k/v per call
+# (0.30 ms at Wan 1.3B 480p, 1.9 ms at 14B 720p on an H200) and the 8-bit
+# kernel saves about 2e-10 ms per (query, key) pair against bf16 there, so it
+# breaks even near 2,900-3,800 keys per query (diagonal rows of 5-7 blocks
+# and one-frame stripes stay bf16; benchmarks/results/kernels8_NVIDIA_H200*.md).
+AUTO_MIN_KEYS_PER_QUERY = 3500
 _logged_8bit: set[str] = set()
 _tables8: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # CompiledLayer -> table with full rows
 
@@ -133,6 +141,14 @@ def table_with_full_rows(compiled: CompiledLayer, device):
     return cached
 
 
+def mean_keys_per_query(table) -> float:
+    """Keys a query attends on average over the table's heads (cached)."""
+    if "mean_keys_per_query" not in table.derived:
+        pairs = float(table.computed_pairs().sum())
+        table.derived["mean_keys_per_query"] = pairs / (len(table.heads) * table.seq_len)
+    return table.derived["mean_keys_per_query"]
+
+
 def _attention_8bit(q4, k4, v4, out4, compiled: CompiledLayer, table, backend: str) -> bool:
     """Run the 8-bit kernel over `table`; False (logged once) if it failed."""
     from . import triton_backend
@@ -169,6 +185,10 @@ def layer_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, compiled:
     full8 = eight and bool(compiled.full_heads) and (dense_fn is None if full_heads_8bit is None else full_heads_8bit)
     if eight and compiled.table is None and not full8:
         eight = False  # only full heads, served by the chained dense function
+    if eight and precision == "auto":
+        table8 = table_with_full_rows(compiled, q.device) if full8 else compiled.table
+        eight = mean_keys_per_query(table8) >= AUTO_MIN_KEYS_PER_QUERY
+        full8 = full8 and eight
     dense_fn = dense_fn or dense_attention
 
     if len(compiled.full_heads) == heads and not full8:  # nothing sparse: one dense call, no gathers

@@ -224,6 +224,9 @@ def check_dispatch(device):
         logging.getLogger("sparse_vdit").removeHandler(handler)
     assert torch.equal(a, b)
     assert len([r for r in records if "8-bit" in r.getMessage()]) == 1, [r.getMessage() for r in records]
+    # auto: these rows (110 tokens) are far too short to repay the pre-pass -> exactly the bf16 result
+    auto = dispatch.layer_attention(q, k, v, compiled, heads=heads, precision="auto").view(batch, n, heads, d)
+    assert torch.equal(auto, bf16)
     with pytest_raises_value("precision"):
         dispatch.layer_attention(q, k, v, compiled, heads=heads, precision="int4")
     return {"err_vs_bf16": err}
@@ -406,6 +409,20 @@ def test_emulated_reference_close_to_exact():
         err = rel(emulated_reference(qz, v, table, 0.125), oracle(q, k, v, table, 0.125))
         assert rel(rows_oracle(q, k, v, table, 0.125), oracle(q, k, v, table, 0.125)) < 1e-12
         assert 1e-4 < err < tol, (pv_fp8, err)
+
+
+def test_mean_keys_per_query_routes_auto():
+    """auto's rule: 8-bit only where rows average AUTO_MIN_KEYS_PER_QUERY keys;
+    at Wan 480p diagonal(2) rows are short, multi-diagonal(4) rows long."""
+    from sparse_vdit.kernels import dispatch
+    from sparse_vdit.patterns import Diagonal, Geometry, LayerPattern, MultiDiagonal, compile_layer
+    geometry = Geometry(21, 30, 52)
+    short = compile_layer(LayerPattern((Diagonal(2),) * 2), geometry).table
+    long = compile_layer(LayerPattern((MultiDiagonal(4),) * 2), geometry).table
+    for table in (short, long):
+        want = float(table.computed_pairs().sum()) / (2 * geometry.seq_len)
+        assert dispatch.mean_keys_per_query(table) == want
+    assert dispatch.mean_keys_per_query(short) < dispatch.AUTO_MIN_KEYS_PER_QUERY < dispatch.mean_keys_per_query(long)
 
 
 def test_table_with_dense_rows():
