@@ -109,3 +109,30 @@ def test_mismatched_inputs_are_a_clear_error():
         run(q, k[:1], v[:1])
     with pytest.raises(ValueError, match="tokens"):
         run(q, k, v[:, :-1])
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=str)
+def test_the_kernel_computes_the_same_function_on_non_finite_input(dtype):
+    """The Triton kernel and the reference path on the same poisoned q, k, v:
+    NaN and Inf in the same places, finite values close."""
+    from sparse_vdit.kernels import triton_sparse
+    from sparse_vdit.patterns import DEFAULT_BLOCK_M, DEFAULT_BLOCK_N
+
+    if not triton_sparse.triton_available(torch.device("cuda")):
+        pytest.skip("the Triton kernel is not available here")
+    geometry = Geometry(3, 30, 52, prefix=5, suffix=7)
+    patterns = (Diagonal(1), MultiDiagonal(1, frames=1), VerticalStripe((0,)))
+    g = torch.Generator().manual_seed(4)
+    q, k, v = (torch.randn(2, geometry.seq_len, 3, 64, generator=g).to(dtype) for _ in range(3))
+    poison = [(v, 0, 1700, 0, float("nan")), (v, 1, 3100, 1, float("inf")), (v, 1, 4000, 2, float("-inf")),
+              (q, 0, 222, 1, float("nan")), (k, 1, 900, 0, float("nan")), (k, 0, 2500, 2, float("inf"))]
+    for tensor, b, token, head, value in poison:
+        tensor[b, token, head, :4] = value
+    table = build_block_table(patterns, [0, 1, 2], geometry, DEFAULT_BLOCK_M, DEFAULT_BLOCK_N)
+    ref = reference_sparse_attention(q, k, v, table)
+    cuda = [x.cuda() for x in (q, k, v)]
+    out = torch.full_like(cuda[0], 7.0)
+    triton_sparse.sparse_attention_triton(*cuda, out, table.to(torch.device("cuda")))
+    assert not torch.isfinite(ref).all() and torch.isfinite(ref).any()
+    same_function(out.cpu(), ref.double(), 2e-2)
