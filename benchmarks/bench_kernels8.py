@@ -176,6 +176,7 @@ def run_shape(shape, args, results, log, state):
         sel = list(table.heads)
         try:
             ob = torch.full_like(q4, float("nan"))
+            ob2 = torch.full_like(q4, float("nan"))
             bf = lambda: ts.sparse_attention_triton(q4, k4, v4, ob, table, scale)  # noqa: E731
             ms_b = bench(bf)
             o8 = torch.full_like(q4, float("nan"))
@@ -199,7 +200,13 @@ def run_shape(shape, args, results, log, state):
                 tf = flops / ms * 1e-9 if backend != "8-bit-prepass" else None
                 record(plan=label, backend=backend, density=density, ms=ms, tflops=tf,
                        eff=tf / cudnn_tf if tf else None, speedup=cudnn_ms / ms, **extra)
-            del ob, o8
+            if label in ("diagonal(2)", "vertical_stripe(0)", "mixed~0.2"):  # short rows: bf16 with 64-row tiles
+                order = ts.row_order(table, ts.DEFAULT_ORDER)
+                ms64 = bench(lambda: ts._launch(q4, k4, v4, ob2, table.kv_offsets, table.kv_indices, heads_t, order,
+                                                seq_len, 128, 64, scale, {"tile_m": 64}))
+                record(plan=label, backend="ours-bf16", variant="tile64", density=density, ms=ms64,
+                       tflops=flops / ms64 * 1e-9, eff=flops / ms64 * 1e-9 / cudnn_tf, speedup=cudnn_ms / ms64,
+                       metrics=head_metrics(ob2[0, rows][:, sel], refp))
             if label in ("dense-table", "mixed~0.35", "diagonal(2)"):  # 16-bit PV variant (pre-sm_89 path)
                 o16 = torch.full_like(q4, float("nan"))
                 ms16 = bench(lambda: t8.sparse_attention8_triton(q4, k4, v4, o16, table, scale, pv_fp8=False))
@@ -207,6 +214,7 @@ def run_shape(shape, args, results, log, state):
                        tflops=flops / ms16 * 1e-9, eff=flops / ms16 * 1e-9 / cudnn_tf, speedup=cudnn_ms / ms16,
                        metrics=head_metrics(o16[0, rows][:, sel], refp))
                 del o16
+            del ob, o8, ob2
         except Exception as error:
             record(plan=label, backend="ours-8bit", error=repr(error)[:400])
             log(traceback.format_exc())
@@ -286,6 +294,9 @@ def summary(results):
         ek = same.get("8-bit-kernel", {}).get("eff")
         rows.append(f"{r['shape']} | {r['plan']} | {r['density']:.2f} | {eb or 0:.3f} / {r['eff']:.3f} / "
                     f"{ek or 0:.3f} | {r['metrics'][0]:.5f} | {r['metrics'][1]:.4f}")
+    for r in results:
+        if r.get("variant") == "tile64" and "error" not in r:
+            rows.append(f"{r['shape']} | {r['plan']} | bf16 tile64 eff {r['eff']:.3f}")
     for r in results:
         if r.get("backend") in ("cudnn-bf16", "sage-1.0.6") and "error" not in r:
             rows.append(f"{r['shape']} | {r['backend']} {r.get('inputs', 'random')} | ms {r.get('ms') or 0:.2f} | "

@@ -141,9 +141,11 @@ if triton is not None:
         k_rb, k_rh, k_ch, v_rb, v_rh, v_ch,
         HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
         USE_TMA: tl.constexpr, USE_ORDER: tl.constexpr, KV_TAIL: tl.constexpr,
-        DOT_PREC: tl.constexpr, UPCAST: tl.constexpr, WARP_SPEC: tl.constexpr,
+        DOT_PREC: tl.constexpr, UPCAST: tl.constexpr, WARP_SPEC: tl.constexpr, TILE_M: tl.constexpr,
     ):
-        pid = tl.program_id(0)
+        SPLIT: tl.constexpr = BLOCK_M // TILE_M  # programs per table row (query tiles of TILE_M)
+        pid = tl.program_id(0) // SPLIT
+        part = tl.program_id(0) - pid * SPLIT
         b = tl.program_id(1)
         if USE_ORDER:
             row = tl.load(row_order + pid)
@@ -157,7 +159,7 @@ if triton is not None:
 
         b64 = b.to(tl.int64)
         h64 = head.to(tl.int64)
-        offs_m = qb * BLOCK_M + tl.arange(0, BLOCK_M)
+        offs_m = qb * BLOCK_M + part * TILE_M + tl.arange(0, TILE_M)
         offs_n = tl.arange(0, BLOCK_N)
         offs_d = tl.arange(0, HEAD_DIM)
         row_ok = (offs_m < seq_len)[:, None]
@@ -169,9 +171,9 @@ if triton is not None:
         k_base = K + b64 * skb + h64 * skh
         v_base = V + b64 * svb + h64 * svh
 
-        m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
-        l_i = tl.zeros([BLOCK_M], tl.float32)
-        acc = tl.zeros([BLOCK_M, HEAD_DIM], tl.float32)
+        m_i = tl.full([TILE_M], float("-inf"), tl.float32)
+        l_i = tl.zeros([TILE_M], tl.float32)
+        acc = tl.zeros([TILE_M, HEAD_DIM], tl.float32)
 
         # The ragged last key block, if listed, is the row's last entry
         # (lists are ascending): peel it off so the loop needs no masks.
@@ -359,7 +361,10 @@ def _launch(q, k, v, out, kv_offsets, kv_indices, heads_t, order, seq_len: int,
 
     upcast = q.dtype == torch.bfloat16 and _interpreting()
     dot_prec = "ieee" if (q.dtype == torch.float32 or upcast) else "tf32"
-    grid = (n_slots * n_q_blocks, batch)
+    tile_m = int(cfg.get("tile_m") or block_m)
+    if tile_m not in (64, 128) or block_m % tile_m:
+        raise ValueError(f"tile_m {tile_m} must be 64 or 128 and divide block_m {block_m}")
+    grid = (n_slots * n_q_blocks * (block_m // tile_m), batch)
     _sparse_attn_fwd[grid](
         q, k, v, target, k_desc, v_desc,
         kv_offsets, kv_indices, heads_t, order_arg,
@@ -371,7 +376,7 @@ def _launch(q, k, v, out, kv_offsets, kv_indices, heads_t, order, seq_len: int,
         kg[0], kg[1], kg[2], vg[0], vg[1], vg[2],
         HEAD_DIM=head_dim, BLOCK_M=block_m, BLOCK_N=block_n,
         USE_TMA=use_tma, USE_ORDER=use_order, KV_TAIL=(seq_len % block_n != 0),
-        DOT_PREC=dot_prec, UPCAST=upcast, WARP_SPEC=bool(cfg.get("ws", False)),
+        DOT_PREC=dot_prec, UPCAST=upcast, WARP_SPEC=bool(cfg.get("ws", False)), TILE_M=tile_m,
         num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
     )
     if target is not out:

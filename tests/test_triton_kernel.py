@@ -52,6 +52,10 @@ CASES = {
     "mixed5-fp16-d64-blocks64x128-tma": dict(layer="mixed5", g=G_MID, dtype="float16", d=64, layout="bhld",
                                              b=1, bm=64, bn=128, cfg={"tma": True}),
     "empty-rows-fp16-d64": dict(layer="empty", g=G_MID, dtype="float16", d=64, layout="flat", b=2),
+    "mixed5-fp16-d64-tile64": dict(layer="mixed5", g=G_MID, dtype="float16", d=64, layout="flat", b=2,
+                                   cfg={"tile_m": 64}),
+    "mixed5-fp16-d64-bhld-tma-lpt-tile64": dict(layer="mixed5", g=G_ODD, dtype="float16", d=64, layout="bhld",
+                                                b=3, cfg={"tma": True, "order": "lpt", "tile_m": 64}),
     "errors": dict(kind="errors"),
     "torch-compile": dict(kind="compile"),
 }
@@ -323,6 +327,10 @@ GPU_CASES = {
                                      b=1, bm=128, bn=128),
     "mixed5-fp32-d64-flat": dict(layer="mixed5", g=(3, 30, 52, 0, 0), dtype="float32", d=64, layout="flat", b=1),
     "empty-rows-bf16-d128": dict(layer="empty", g=(5, 30, 52, 0, 0), dtype="bfloat16", d=128, layout="flat", b=2),
+    "mixed5-bf16-d128-flat-tile64": dict(layer="mixed5", g=(5, 30, 52, 7, 9), dtype="bfloat16", d=128,
+                                         layout="flat", b=3, cfg={"tile_m": 64}),
+    "empty-rows-bf16-d128-tile64-lpt": dict(layer="empty", g=(5, 30, 52, 0, 0), dtype="bfloat16", d=128,
+                                            layout="flat", b=2, cfg={"tile_m": 64, "order": "lpt"}),
 }
 
 
