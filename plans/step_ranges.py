@@ -58,11 +58,19 @@ def probe_spans(errors_per_probe: torch.Tensor, probe_steps: list[int], total_st
             worst = torch.maximum(worst, errors_per_probe[j])
             spans.append((i, j))
             errors.append(worst)
-            served = sum(1 for s in sparse_steps if bounds[i] <= s < bounds[j + 1])
+            served = _count_between(sparse_steps, bounds[i], bounds[j + 1])
             # No sparse step at all (every step in the warm-up): weigh probes alike.
             weights.append(served / len(sparse_steps) if sparse_steps else (j - i + 1) / P)
             starts.append(0.0 if i == 0 else bounds[i] / total_steps)
     return ProbeSpans(tuple(spans), torch.stack(errors), torch.tensor(weights, dtype=torch.float64), tuple(starts))
+
+
+def _count_between(steps: range, low: float, high: float) -> int:
+    """How many steps s satisfy low <= s < high, without walking them
+    (total_steps comes from a file: up to 10,000)."""
+    first = steps.start if low == -math.inf else max(steps.start, math.ceil(low))
+    stop = steps.stop if high == math.inf else min(steps.stop, math.ceil(high))
+    return max(0, stop - first)
 
 
 def best_partition(value: Callable[[int], float], spans: ProbeSpans, probes: int, ranges: int) -> list[int]:
