@@ -8,21 +8,12 @@ import os
 import pytest
 
 import comfy_harness as H
+from test_integration_calibrate import folder  # noqa: F401  (the fixture: the plans folder is a temporary one)
 
 pytestmark = pytest.mark.comfyui
 
 BAD_HEAD = '{"format": "sparse-vdit-plan", "version": 1, "model": {"family": "w", "layers": 1, "heads": 1, ' \
            '"head_dim": 16}, "layers": [{"heads": [{"mode": []}]}]}'
-
-
-@pytest.fixture
-def folder(comfy, tmp_path, monkeypatch):
-    from sparse_vdit.nodes import plan_files
-
-    monkeypatch.setattr(plan_files, "user_plans_dir", lambda: str(tmp_path))
-    for name in plan_files.EXTENSIONS:
-        monkeypatch.delitem(comfy.folder_paths.folder_names_and_paths, name, raising=False)
-    return tmp_path
 
 
 def fitting_plan(name="fits"):
