@@ -180,7 +180,7 @@ def _speedup_ranges(stats: Statistics, spans: ProbeSpans, target: float, counts:
     solutions, errors = {}, {}
     for count in counts:
         low, high = 0.0, 1.0
-        while pick(high, count)[0].cost() > budget:
+        while pick(high, count)[0].cost() > budget and high < 1e300:  # bounded: errors come from a file
             high *= 2
         for _ in range(iterations):
             mid = (low + high) / 2
