@@ -62,6 +62,12 @@ def folder(tmp_path):
     return tmp_path
 
 
+@pytest.fixture
+def checkout(tmp_path_factory):
+    """A configured COMFYUI_PATH that is no ComfyUI (nothing here imports it)."""
+    return str(tmp_path_factory.mktemp("empty_checkout"))
+
+
 def run(folder, files: dict[str, str], comfyui: str | None, require: bool):
     for name, text in files.items():
         (folder / name).write_text(text)
@@ -82,16 +88,14 @@ def test_without_comfyui_the_run_says_what_it_skipped_and_why(folder):
     assert "2 skipped: set COMFYUI_PATH to a ComfyUI checkout to run integration tests" in out
 
 
-def test_configured_run_counts_its_own_skips(folder, tmp_path_factory):
-    checkout = str(tmp_path_factory.mktemp("empty_checkout"))
+def test_configured_run_counts_its_own_skips(folder, checkout):
     rc, out = run(folder, {"test_sample.py": SAMPLE_TESTS}, comfyui=checkout, require=False)
     assert rc == 0, out
     assert "1 passed, 0 failed, 1 skipped" in out
     assert "1 skipped: frontend not installed" in out
 
 
-def test_required_run_fails_skipped_integration_tests_and_skipped_modules(folder, tmp_path_factory):
-    checkout = str(tmp_path_factory.mktemp("empty_checkout"))
+def test_required_run_fails_skipped_integration_tests_and_skipped_modules(folder, checkout):
     rc, out = run(folder, {"test_sample.py": SAMPLE_TESTS, "test_gone.py": SKIPPED_MODULE},
                   comfyui=checkout, require=True)
     assert rc == 1, out
@@ -101,8 +105,7 @@ def test_required_run_fails_skipped_integration_tests_and_skipped_modules(folder
     assert "PASSED test_sample.py::test_runs" in out
 
 
-def test_required_run_fails_when_no_integration_test_ran(folder, tmp_path_factory):
-    checkout = str(tmp_path_factory.mktemp("empty_checkout"))
+def test_required_run_fails_when_no_integration_test_ran(folder, checkout):
     rc, out = run(folder, {"test_plain_only.py": PLAIN_ONLY}, comfyui=checkout, require=True)
     assert rc == 1, out
     assert "1 passed" in out
