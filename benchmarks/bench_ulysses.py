@@ -1,0 +1,293 @@
+"""Per-head plans under Ulysses sequence parallelism: correctness and speed
+on 2 GPUs against 1, with ComfyUI's own WanModel (random weights) at Wan
+1.3B 480p and 14B 720p, one denoising step, cond and uncond batched (B = 2).
+
+Launch (one process per GPU, NCCL):
+  torchrun --nproc_per_node 2 benchmarks/bench_ulysses.py --comfyui PATH --out DIR [--configs 1.3b,14b]
+CPU check of the script itself (gloo, tiny model):
+  torchrun --nproc_per_node 2 benchmarks/bench_ulysses.py --comfyui PATH --out DIR --smoke
+
+No Raylight or xfuser here: the sequence is padded and split around
+ComfyUI's blocks as Raylight's USP forward does (parallel/sequence_split.py)
+and the self-attention goes through the pack's Ulysses path
+(parallel/ulysses.py) on the WORLD group. Rows (per step, median ms):
+  1 GPU  dense cuDNN | ours d=0.3 | ours d=0.2 (the SparsePatch hook)
+  2 GPUs dense, Raylight-like (xfuser's layout: three all-to-alls, padded keys attended)
+         dense, ours (an all-full plan through the Ulysses path: one all-to-all, exact padding)
+         ours d=0.3 / 0.2, head balancing off and on
+Every GPU runs the 1-GPU rows too (the same work on each card, rank 0
+reports). For each 2-GPU row one extra profiled forward gives the
+all-to-all time and every rank's attention time (CUDA events). Plans:
+benchmark mixes (benchmarks/mixes.py) with the heads of every layer shuffled
+by a fixed seed, as a calibrated plan has them in no particular order.
+Correctness: the output of each 2-GPU row against the same plan on 1 GPU
+(relative L2), next to the dense 2-vs-1 difference (the floor set by bf16
+GEMMs over half the tokens) and the sparse-vs-dense difference (the
+effect of the plan). Results: DIR/ulysses.json, DIR/ulysses.md; the short
+table is printed last.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime
+import json
+import os
+import platform
+import sys
+import time
+
+import torch
+import torch.distributed as dist
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+
+from bench_e2e import CONFIGS, build_model, import_comfy, step_options  # noqa: E402
+
+CONFIGS = dict(CONFIGS, smoke=dict(dim=64, ffn_dim=128, num_heads=4, num_layers=2, latent=(3, 10, 14)))
+DENSITIES = (0.3, 0.2)
+
+
+def log(message: str) -> None:
+    if dist.get_rank() == 0:
+        print(message, flush=True)
+
+
+def dense_kernels(device):
+    """cuDNN first for every SDPA call (dense rows, full heads, cross-attention)."""
+    if device.type != "cuda":
+        return contextlib.nullcontext()
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    return sdpa_kernel([SDPBackend.CUDNN_ATTENTION, SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION,
+                        SDPBackend.MATH], set_priority=True)
+
+
+def sync(device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+class Spans:
+    """ulysses.PROFILER: time per span name, CUDA events on a GPU."""
+
+    def __init__(self, device):
+        self.device, self.events = device, []
+
+    @contextlib.contextmanager
+    def __call__(self, name: str):
+        if self.device.type == "cuda":
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            yield
+            end.record()
+            self.events.append((name, start, end))
+        else:
+            start = time.perf_counter()
+            yield
+            self.events.append((name, start, time.perf_counter()))
+
+    def totals_ms(self) -> dict:
+        sync(self.device)
+        totals: dict = {}
+        for name, start, end in self.events:
+            ms = start.elapsed_time(end) if self.device.type == "cuda" else (end - start) * 1e3
+            totals[name] = totals.get(name, 0.0) + ms
+        return totals
+
+
+def shuffled_mix(info, geometry, density: float, seed: int = 0):
+    """The benchmark mix of this density, each layer's heads in a seeded random order."""
+    from dataclasses import replace
+
+    from mixes import mixed_plan
+
+    from sparse_vdit.patterns import LayerPattern
+
+    plan = mixed_plan(info.layers, info.heads, info.head_dim, geometry, density)
+    g = torch.Generator().manual_seed(seed)
+    layers = tuple(LayerPattern(tuple(layer.heads[i] for i in torch.randperm(info.heads, generator=g).tolist()))
+                   for layer in plan.layers)
+    return replace(plan, name=plan.name + " (heads shuffled)", layers=layers)
+
+
+def full_plan(info):
+    from sparse_vdit.patterns import Full, LayerPattern
+    from sparse_vdit.plans.format import DenseSchedule, ModelShape, Plan
+
+    return Plan("all full", ModelShape("wan2.1", info.layers, info.heads, info.head_dim),
+                (LayerPattern((Full(),) * info.heads),) * info.layers, DenseSchedule(0.0))
+
+
+def rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a.double() - b.double()).norm() / b.double().norm().clamp_min(1e-30))
+
+
+def run_config(name: str, config: dict, wan, ops, device, dtype, repeats: int, densities) -> dict:
+    from sparse_vdit.integration.model_info import describe_diffusion_model
+    from sparse_vdit.integration.sparse_patch import SparsePatch
+    from sparse_vdit.parallel import balance, sequence_split, ulysses
+    from sparse_vdit.patterns import Geometry
+    from sparse_vdit.plans.format import DenseSchedule
+
+    world, rank = dist.get_world_size(), dist.get_rank()
+    model = build_model(wan, ops, config, device, dtype)
+    with torch.no_grad():
+        for p in model.parameters():  # the same weights on every rank, whatever the RNG did
+            dist.broadcast(p.data, 0)
+    info = describe_diffusion_model(model)
+    frames, height, width = config["latent"]
+    g = torch.Generator(device=device).manual_seed(1)
+    x = torch.randn(2, 16, frames, height, width, device=device, dtype=dtype, generator=g)
+    t = torch.tensor([500.0, 500.0], device=device)
+    context = torch.randn(2, 512, 4096, device=device, dtype=dtype, generator=g)
+    for tensor in (x, context):
+        dist.broadcast(tensor, 0)
+    geometry = Geometry(*(-(-n // p) for n, p in zip(x.shape[2:], info.patch_size)))  # T2V: the padded grid
+    backend = "auto" if device.type == "cuda" else "reference"
+    plans = {"dense": full_plan(info)}
+    plans.update({f"d={d}": shuffled_mix(info, geometry, d) for d in densities})
+    log(f"== {name}: {geometry.describe()}, {info.heads} heads over {world} ranks, B=2")
+
+    def forward(plan):
+        patch = SparsePatch(plan, info, DenseSchedule(0.0), backend=backend)
+        with torch.no_grad(), dense_kernels(device):
+            return model(x, t, context, transformer_options=step_options(patch, patch.wrap_forward))
+
+    def timed(plan, label: str) -> tuple[float, torch.Tensor]:
+        forward(plan)  # warm-up: kernels, tables
+        times = []
+        for _ in range(repeats):
+            dist.barrier()
+            sync(device)
+            start = time.perf_counter()
+            out = forward(plan)
+            sync(device)
+            times.append((time.perf_counter() - start) * 1e3)
+        ms = sorted(times)[len(times) // 2]
+        log(f"  {name} {label:<34} {ms:10.1f} ms")
+        return ms, out
+
+    rows, outputs = {}, {}
+    for key, plan in plans.items():  # 1 GPU: every rank alone on its card
+        label = "1 GPU dense (cuDNN)" if key == "dense" else f"1 GPU ours {key}"
+        ms, outputs[("1", key)] = timed(plan, label)
+        rows[label] = {"gpus": 1, "step_ms": ms, "plan": plan.name}
+
+    split = sequence_split.SequenceSplit(model)
+    try:
+        sequence_split.install_dense_usp(model)
+        ms, out = timed(plans["dense"], "2 GPUs dense, Raylight-like")
+        for block in model.blocks:
+            del block.self_attn.forward
+        rows["2 GPUs dense, Raylight-like"] = {"gpus": world, "step_ms": ms, "plan": "none (xfuser layout)",
+                                              "vs_1gpu_dense": rel(out, outputs[("1", "dense")]),
+                                              "speedup_vs_1gpu_same_plan": rows["1 GPU dense (cuDNN)"]["step_ms"] / ms}
+        for key, plan in plans.items():
+            for balanced in ((False,) if key == "dense" else (False, True)):
+                ulysses.install(model, group=dist.group.WORLD, balance=balanced)
+                label = f"2 GPUs ours {key}" + ("" if key == "dense" else f", balancing {'on' if balanced else 'off'}")
+                ms, out = timed(plan, label)
+                spans = Spans(device)
+                ulysses.PROFILER = spans
+                try:
+                    forward(plan)
+                finally:
+                    ulysses.PROFILER = None
+                per_rank = [None] * world
+                dist.all_gather_object(per_rank, spans.totals_ms())
+                attention = [r.get("attention", 0.0) for r in per_rank]
+                row = {"gpus": world, "step_ms": ms, "plan": plan.name, "balance": balanced,
+                       "all_to_all_ms": [r.get("all_to_all", 0.0) for r in per_rank], "attention_ms": attention,
+                       "measured_imbalance": max(attention) / (sum(attention) / world) if sum(attention) else 1.0,
+                       "predicted_imbalance": balance.plan_imbalance(plan.layers, geometry, world, balanced),
+                       "vs_1gpu_same_plan": rel(out, outputs[("1", key)]),
+                       "speedup_vs_1gpu_same_plan": rows[f"1 GPU {'dense (cuDNN)' if key == 'dense' else 'ours ' + key}"]["step_ms"] / ms}
+                rows[label] = row
+                ulysses.uninstall(model)
+    finally:
+        split.remove()
+    floor = rows["2 GPUs ours dense"]["vs_1gpu_same_plan"]
+    for key in plans:
+        if key == "dense":
+            continue
+        effect = rel(outputs[("1", key)], outputs[("1", "dense")])
+        for balanced in (False, True):
+            row = rows[f"2 GPUs ours {key}, balancing {'on' if balanced else 'off'}"]
+            row["plan_effect_vs_dense"] = effect
+            # equal to 1 GPU up to the dense 2-vs-1 floor, and far below what the plan itself changes
+            row["equal_to_1gpu"] = row["vs_1gpu_same_plan"] <= max(3 * floor, 1e-3) and row["vs_1gpu_same_plan"] < effect / 10
+    del model, outputs
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    return {"geometry": geometry.describe(), "heads": info.heads, "layers": info.layers, "world": world,
+            "rows": rows, "dense_2_vs_1_floor": floor}
+
+
+def table(results: dict) -> str:
+    lines = ["| config | row | step ms | vs 1 GPU same plan | rel. diff vs 1 GPU | all-to-all ms (per rank) | "
+             "attention ms (per rank) | imbalance measured / predicted |", "|---|---|---:|---:|---:|---|---|---|"]
+    for name, entry in results["configs"].items():
+        for label, row in entry["rows"].items():
+            speed = f"{row['speedup_vs_1gpu_same_plan']:.2f}x" if "speedup_vs_1gpu_same_plan" in row else ""
+            diff = row.get("vs_1gpu_same_plan", row.get("vs_1gpu_dense"))
+            diff = f"{diff:.2e}" + (" ok" if row.get("equal_to_1gpu") else (" NOT EQUAL" if "equal_to_1gpu" in row else "")) \
+                if diff is not None else ""
+            a2a = " / ".join(f"{v:.0f}" for v in row.get("all_to_all_ms", []))
+            att = " / ".join(f"{v:.0f}" for v in row.get("attention_ms", []))
+            imb = (f"{row['measured_imbalance']:.2f}x / {row['predicted_imbalance']:.2f}x"
+                   if "measured_imbalance" in row else "")
+            lines.append(f"| {name} | {label} | {row['step_ms']:.1f} | {speed} | {diff} | {a2a} | {att} | {imb} |")
+    return "\n".join(lines)
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--comfyui", required=True)
+    parser.add_argument("--out", default=os.environ.get("OUT", "."))
+    parser.add_argument("--configs", default="1.3b,14b")
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--densities", default=",".join(str(d) for d in DENSITIES))
+    parser.add_argument("--smoke", action="store_true", help="tiny model, CPU, gloo")
+    args = parser.parse_args()
+    smoke = args.smoke or not torch.cuda.is_available()
+    dist.init_process_group("gloo" if smoke else "nccl", timeout=datetime.timedelta(minutes=30))
+    rank = dist.get_rank()
+    local = int(os.environ.get("LOCAL_RANK", rank))
+    device = torch.device("cpu") if smoke else torch.device("cuda", local)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    dtype = torch.float32 if smoke else torch.bfloat16
+    wan, _attention, ops = import_comfy(args.comfyui, cpu=smoke)
+    results = {"gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
+               "gpus": dist.get_world_size(), "torch": torch.__version__, "nccl": None,
+               "cudnn": torch.backends.cudnn.version() if device.type == "cuda" else None,
+               "comfyui": args.comfyui, "configs": {}}
+    if device.type == "cuda":
+        version = torch.cuda.nccl.version()
+        results["nccl"] = ".".join(map(str, version)) if isinstance(version, tuple) else str(version)
+    try:
+        import triton
+        results["triton"] = triton.__version__
+    except ImportError:
+        results["triton"] = None
+    os.makedirs(args.out, exist_ok=True)
+    names = ["smoke"] if smoke else args.configs.split(",")
+    densities = [float(d) for d in args.densities.split(",") if d]
+    for name in names:
+        results["configs"][name] = run_config(name, CONFIGS[name], wan, ops, device, dtype,
+                                              1 if smoke else args.repeats, densities)
+        if rank == 0:
+            with open(os.path.join(args.out, "ulysses.json"), "w") as handle:
+                json.dump(results, handle, indent=1, default=str)
+    if rank == 0:
+        text = table(results)
+        with open(os.path.join(args.out, "ulysses.md"), "w") as handle:
+            handle.write(f"{results['gpus']} x {results['gpu']}, torch {results['torch']}, triton {results['triton']}, "
+                         f"cuDNN {results['cudnn']}, NCCL {results['nccl']}\n\n{text}\n")
+        print(text, flush=True)
+    dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main()
