@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import functools
 
-import torch
-
 from ..patterns import DEFAULT_BLOCK_M, DEFAULT_BLOCK_N, Geometry, LayerPattern, compile_layer
 
 
@@ -34,21 +32,24 @@ def slice_layer(layer: LayerPattern, heads: tuple[int, ...]) -> LayerPattern:
     return LayerPattern(tuple(layer.heads[i] for i in heads))
 
 
+@functools.lru_cache(maxsize=4096)
+def _pattern_share(pattern, geometry: Geometry, block_m: int, block_n: int) -> float:
+    """Share of (query, key) pairs one head of this pattern computes."""
+    if pattern.kind != "sparse":
+        return 1.0 if pattern.kind == "full" else 0.0
+    table = compile_layer(LayerPattern((pattern,)), geometry, "cpu", block_m, block_n).table
+    return float(table.computed_pairs()[0]) / float(geometry.seq_len) ** 2
+
+
 @functools.lru_cache(maxsize=1024)
 def head_costs(layer: LayerPattern, geometry: Geometry, sparse_cost: float = 1.0,
                block_m: int = DEFAULT_BLOCK_M, block_n: int = DEFAULT_BLOCK_N) -> tuple[float, ...]:
     """Per head: the share of (query, key) pairs it computes (full 1, skip
     0), sparse heads scaled by `sparse_cost` (the sparse kernel's time per
     pair relative to the dense one's, where it was measured), at the block
-    sizes the kernels use."""
-    costs = [1.0 if p.kind == "full" else 0.0 for p in layer.heads]
-    sparse = layer.heads_of_kind("sparse")
-    if sparse:
-        table = compile_layer(layer, geometry, "cpu", block_m, block_n).table
-        pairs = table.computed_pairs().to(torch.float64) / float(geometry.seq_len) ** 2
-        for slot, head in enumerate(table.heads):
-            costs[head] = sparse_cost * float(pairs[slot])
-    return tuple(costs)
+    sizes the kernels use. Computed once per distinct pattern."""
+    return tuple(_pattern_share(p, geometry, block_m, block_n) * (sparse_cost if p.kind == "sparse" else 1.0)
+                 for p in layer.heads)
 
 
 def rank_loads(costs: tuple[float, ...], order: tuple[int, ...], world: int) -> list[float]:
