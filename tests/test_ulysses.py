@@ -74,17 +74,18 @@ def test_balanced_order_evens_out_ranks():
 @pytest.mark.parametrize("name", ["wan2.1-1.3b_static-baseline.json", "wan2.1-14b_static-baseline.json"])
 @pytest.mark.parametrize("world", [2, 4])
 def test_balancing_never_worse_on_shipped_plans(name, world):
-    from sparse_vdit.parallel.balance import plan_imbalance
-    from sparse_vdit.plans.format import load_plan
-    from sparse_vdit.nodes.plan_files import SHIPPED_DIR
     import os
 
-    plan = load_plan(os.path.join(SHIPPED_DIR, name))
+    from sparse_vdit.parallel.balance import plan_imbalance
+    from sparse_vdit.plans.format import load_plan
+
+    plan = load_plan(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "plans", name))
     geometry = Geometry(21, 30, 52)  # 480p, 81 frames
     before = plan_imbalance(plan.layers, geometry, world, balance=False)
     after = plan_imbalance(plan.layers, geometry, world, balance=True)
-    assert after <= before + 1e-9
-    assert after >= 1.0
+    assert 1.0 <= after <= before + 1e-9
+    if world == 2:
+        assert after <= 1.1  # the target, at two ranks
 
 
 # ---- the tiny real Wan, two processes ----------------------------------------
