@@ -165,7 +165,6 @@ def ulysses_runs(comfy, tmp_path_factory):
     return [torch.load(out_dir / f"wan_{rank}.pt") for rank in range(WORLD)]
 
 
-@pytest.mark.comfyui
 def test_balanced_scenario_permutes_heads():
     for layer in UNEVEN:
         order = layer_order(layer, GEOMETRY, WORLD, True, 1.0, workers.BLOCK, workers.BLOCK)
