@@ -48,10 +48,6 @@ SWEEP = [  # (name, config, block_n): 8-bit kernel variants; round 1 (tile_m 128
     # 4 warps, pointer loads) lost to tile_m 64 / 4 warps / 3 stages by 12-30%; round 2: exp2 in
     # f16x2 (ex2.approx.f16x2) lost 6%, 4 stages tied 3, 128x128 tables +6% per block
     ("tma-w4-s3-m64", dict(tma=True, num_warps=4, num_stages=3, tile_m=64), 64),
-    ("tma-w4-s3-m64-pipe", dict(tma=True, num_warps=4, num_stages=3, tile_m=64, pipe_qk=True), 64),
-    ("tma-w4-s2-m64-pipe", dict(tma=True, num_warps=4, num_stages=2, tile_m=64, pipe_qk=True), 64),
-    ("tma-w8-s3-m128-pipe", dict(tma=True, num_warps=8, num_stages=3, tile_m=128, pipe_qk=True), 64),
-    ("tma-w4-s3-m64-pipe-bn128", dict(tma=True, num_warps=4, num_stages=3, tile_m=64, pipe_qk=True), 128),
     ("tma-w4-s2-m64", dict(tma=True, num_warps=4, num_stages=2, tile_m=64), 64),
     ("tma-w8-s2-m128", dict(tma=True, num_warps=8, num_stages=2, tile_m=128), 64),
     ("tma-w4-s3-m64-bn128", dict(tma=True, num_warps=4, num_stages=3, tile_m=64), 128),

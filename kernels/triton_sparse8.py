@@ -50,8 +50,10 @@ if triton is not None:
     def _qk8(q8, k8, UPCAST: tl.constexpr):
         """Raw scores of one key block: int32 (fp32 holding integers under the interpreter)."""
         if UPCAST:
-            return tl.dot(q8.to(tl.float32), tl.trans(k8.to(tl.float32)), input_precision="ieee")
-        return tl.dot(q8, tl.trans(k8))
+            s = tl.dot(q8.to(tl.float32), tl.trans(k8.to(tl.float32)), input_precision="ieee")
+        else:
+            s = tl.dot(q8, tl.trans(k8))
+        return s
 
     @triton.jit
     def _softmax_pv8(acc, m_i, l_i, s_raw, qs, ks, v, kv_start, seq_len,
@@ -90,21 +92,29 @@ if triton is not None:
     def _load_k8(kb, k_desc, k8_base, k_row0, offs_n, offs_d,
                  HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr, USE_TMA: tl.constexpr):
         if USE_TMA:
-            return k_desc.load([(k_row0 + kb * BLOCK_N).to(tl.int32), 0])
-        return tl.load(k8_base + (kb * BLOCK_N + offs_n)[:, None].to(tl.int64) * HEAD_DIM + offs_d[None, :])
+            k8 = k_desc.load([(k_row0 + kb * BLOCK_N).to(tl.int32), 0])
+        else:
+            k8 = tl.load(k8_base + (kb * BLOCK_N + offs_n)[:, None].to(tl.int64) * HEAD_DIM + offs_d[None, :])
+        return k8
 
     @triton.jit
     def _load_v8(kb, v_desc, vt_base, v_base, v_row0, l_pad, svl, seq_len, offs_n, offs_d,
                  BLOCK_N: tl.constexpr, PV_FP8: tl.constexpr, USE_TMA: tl.constexpr, MASK_KV: tl.constexpr):
+        # One return at the end: compiled Triton checks every return statement it
+        # visits for one type, and the two layouts differ in shape and type.
         if PV_FP8:  # [D, BLOCK_N] from the zero-padded token-contiguous copy
             if USE_TMA:
-                return v_desc.load([v_row0.to(tl.int32), kb * BLOCK_N])
-            return tl.load(vt_base + offs_d[:, None].to(tl.int64) * l_pad + kb * BLOCK_N + offs_n[None, :])
-        kn = kb * BLOCK_N + offs_n  # [BLOCK_N, D] from the caller's V (not padded)
-        if MASK_KV:
-            return tl.load(v_base + kn[:, None].to(tl.int64) * svl + offs_d[None, :],
-                           mask=(kn < seq_len)[:, None], other=0.0)
-        return tl.load(v_base + kn[:, None].to(tl.int64) * svl + offs_d[None, :])
+                v = v_desc.load([v_row0.to(tl.int32), kb * BLOCK_N])
+            else:
+                v = tl.load(vt_base + offs_d[:, None].to(tl.int64) * l_pad + kb * BLOCK_N + offs_n[None, :])
+        else:
+            kn = kb * BLOCK_N + offs_n  # [BLOCK_N, D] from the caller's V (not padded)
+            if MASK_KV:
+                v = tl.load(v_base + kn[:, None].to(tl.int64) * svl + offs_d[None, :],
+                            mask=(kn < seq_len)[:, None], other=0.0)
+            else:
+                v = tl.load(v_base + kn[:, None].to(tl.int64) * svl + offs_d[None, :])
+        return v
 
     @triton.jit
     def _sparse_attn8_fwd(
@@ -114,7 +124,7 @@ if triton is not None:
         svb, svl, svh, sob, sol, soh,
         HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, TILE_M: tl.constexpr, BLOCK_N: tl.constexpr,
         USE_TMA: tl.constexpr, KV_TAIL: tl.constexpr, PV_FP8: tl.constexpr, UPCAST: tl.constexpr,
-        LOG2_PMAX: tl.constexpr, PIPE_QK: tl.constexpr,
+        LOG2_PMAX: tl.constexpr,
     ):
         SPLIT: tl.constexpr = BLOCK_M // TILE_M
         pid = tl.program_id(0)
@@ -152,35 +162,13 @@ if triton is not None:
 
         k_row0 = bs64 * l_pad
         v_row0 = bs64 * HEAD_DIM
-        if PIPE_QK:  # the next block's QK^T is issued before this block's softmax and P.V
-            if full_end > start:
-                kb = tl.load(kv_indices + start)
-                s_raw = _qk8(q8, _load_k8(kb, k_desc, k8_base, k_row0, offs_n, offs_d, HEAD_DIM, BLOCK_N, USE_TMA),
-                             UPCAST)
-                ks = tl.load(ks_base + kb)
-                for j in tl.range(start + 1, full_end):
-                    kb_next = tl.load(kv_indices + j)
-                    s_next = _qk8(q8, _load_k8(kb_next, k_desc, k8_base, k_row0, offs_n, offs_d, HEAD_DIM,
-                                               BLOCK_N, USE_TMA), UPCAST)
-                    v = _load_v8(kb, v_desc, vt_base, v_base, v_row0, l_pad, svl, seq_len, offs_n, offs_d,
-                                 BLOCK_N, PV_FP8, USE_TMA, False)
-                    acc, m_i, l_i = _softmax_pv8(acc, m_i, l_i, s_raw, qs, ks, v, kb * BLOCK_N, seq_len,
-                                                 False, BLOCK_N, PV_FP8, UPCAST, LOG2_PMAX)
-                    s_raw = s_next
-                    ks = tl.load(ks_base + kb_next)
-                    kb = kb_next
-                v = _load_v8(kb, v_desc, vt_base, v_base, v_row0, l_pad, svl, seq_len, offs_n, offs_d,
-                             BLOCK_N, PV_FP8, USE_TMA, False)
-                acc, m_i, l_i = _softmax_pv8(acc, m_i, l_i, s_raw, qs, ks, v, kb * BLOCK_N, seq_len,
-                                             False, BLOCK_N, PV_FP8, UPCAST, LOG2_PMAX)
-        else:
-            for j in tl.range(start, full_end):
-                kb = tl.load(kv_indices + j)
-                k8 = _load_k8(kb, k_desc, k8_base, k_row0, offs_n, offs_d, HEAD_DIM, BLOCK_N, USE_TMA)
-                v = _load_v8(kb, v_desc, vt_base, v_base, v_row0, l_pad, svl, seq_len, offs_n, offs_d,
-                             BLOCK_N, PV_FP8, USE_TMA, False)
-                acc, m_i, l_i = _softmax_pv8(acc, m_i, l_i, _qk8(q8, k8, UPCAST), qs, tl.load(ks_base + kb), v,
-                                             kb * BLOCK_N, seq_len, False, BLOCK_N, PV_FP8, UPCAST, LOG2_PMAX)
+        for j in tl.range(start, full_end):
+            kb = tl.load(kv_indices + j)
+            k8 = _load_k8(kb, k_desc, k8_base, k_row0, offs_n, offs_d, HEAD_DIM, BLOCK_N, USE_TMA)
+            v = _load_v8(kb, v_desc, vt_base, v_base, v_row0, l_pad, svl, seq_len, offs_n, offs_d,
+                         BLOCK_N, PV_FP8, USE_TMA, False)
+            acc, m_i, l_i = _softmax_pv8(acc, m_i, l_i, _qk8(q8, k8, UPCAST), qs, tl.load(ks_base + kb), v,
+                                         kb * BLOCK_N, seq_len, False, BLOCK_N, PV_FP8, UPCAST, LOG2_PMAX)
 
         if KV_TAIL:  # the ragged last key block: pointer loads, masked scores
             if full_end < end:
@@ -277,7 +265,7 @@ def launch8(qz: "quant8.Quantized", v, out, kv_offsets, kv_indices, heads_t, blo
         v.stride(0), v.stride(1), v.stride(2), target.stride(0), target.stride(1), target.stride(2),
         HEAD_DIM=head_dim, BLOCK_M=block_m, TILE_M=tile_m, BLOCK_N=block_n,
         USE_TMA=use_tma, KV_TAIL=(seq_len % block_n != 0), PV_FP8=pv_fp8, UPCAST=upcast,
-        LOG2_PMAX=_LOG2_FP8_MAX, PIPE_QK=bool(cfg.get("pipe_qk", False)),
+        LOG2_PMAX=_LOG2_FP8_MAX,
         num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
     )
     if target is not out:
