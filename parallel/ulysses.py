@@ -123,6 +123,10 @@ def ulysses_self_attn_forward(self, x, freqs, transformer_options={}, **kwargs):
         return state.previous(x, freqs, transformer_options=transformer_options, **kwargs)
     options = dict(transformer_options)
     layer = transformer_options.get("block_index")
+    info = transformer_options[FORWARD_KEY]
+    if layer is None and info.countable:  # ComfyUI before 0.5.0: the n-th self-attention call is layer n
+        layer = info.self_attention_calls
+    info.self_attention_calls += 1
 
     def attend(func, *args, **call_kwargs):
         return _attend(state, group, layer, transformer_options, func, *args, **call_kwargs)

@@ -140,13 +140,16 @@ def oracle_sample(comfy, layers):
     model = workers.wan_model(comfy.path)
     positive, negative, latent = workers.wan_inputs(model)
     seq_len = GEOMETRY.seq_len
+    calls = [0]
 
     def override(func, q, k, v, heads=None, **kwargs):
         options = kwargs.get("transformer_options") or {}
         if layers is not None and q.shape[1] == k.shape[1] == seq_len and not kwargs.get("skip_reshape"):
             b, n, width = q.shape
             shape = (b, n, heads, width // heads)
-            out = layer_oracle(q.view(shape), k.view(shape), v.view(shape), layers[options["block_index"]],
+            index = options.get("block_index", calls[0] % len(layers))  # ComfyUI < 0.5.0: call order
+            calls[0] += 1
+            out = layer_oracle(q.view(shape), k.view(shape), v.view(shape), layers[index],
                                GEOMETRY, workers.BLOCK, workers.BLOCK)
             return out.reshape(b, n, width).to(q.dtype)
         return func(q, k, v, heads=heads, **kwargs)
