@@ -116,3 +116,28 @@ def test_a_plan_that_does_not_fit_the_workers_model_fails_loudly(comfy, monkeypa
     monkeypatch.setattr(raylight_node, "load_named_plan", lambda name: wrong)
     with pytest.raises(PlanError):
         raylight_node.SparseVDiTRaylight.execute(ray_actors={"workers": [FakeActor(model)]}, plan="wrong.json")
+
+
+def test_a_worker_without_the_pack_installed_loads_it_from_its_folder(tmp_path):
+    """Ray workers may not have the pack under any importable name: the
+    entry point loads it from the folder the node sends."""
+    import os
+    import subprocess
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    script = f"""
+import importlib.abc, sys
+class Block(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name == "sparse_vdit":
+            raise ImportError("not installed on this worker")
+sys.meta_path.insert(0, Block())
+sys.path.insert(0, {os.path.join(root, 'parallel')!r})
+import worker_entry
+pack = worker_entry.load_pack({root!r})
+import sparse_vdit.parallel.balance as balance
+assert pack.__file__.startswith({root!r}) and balance.rank_heads((0, 1, 2, 3), 2, 1) == (2, 3)
+print("ok")
+"""
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, cwd=str(tmp_path))
+    assert run.returncode == 0 and run.stdout.strip() == "ok", run.stderr[-2000:]
