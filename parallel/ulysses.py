@@ -74,6 +74,7 @@ class UlyssesState:
     block_n: int = DEFAULT_BLOCK_N
     logged: set = field(default_factory=set)
     counts: dict = field(default_factory=dict)
+    orders: dict = field(default_factory=dict, repr=False)
 
     def log_once(self, key: str, message: str, *args, level=logging.INFO) -> None:
         if key not in self.logged:
@@ -82,6 +83,15 @@ class UlyssesState:
 
     def count(self, what: str) -> None:
         self.counts[what] = self.counts.get(what, 0) + 1
+
+    def order_tensor(self, order, device):
+        """The head order on the device (None for the identity), made once per order."""
+        if order is None or order == tuple(range(len(order))):
+            return None
+        key = (order, str(device))
+        if key not in self.orders:
+            self.orders[key] = torch.tensor(order, dtype=torch.long, device=device)
+        return self.orders[key]
 
     def resolve_group(self):
         if self.group is not None:
@@ -180,10 +190,15 @@ def _attend(state: UlyssesState, group, layer, options: dict, func, q, k, v, hea
     head_dim = width // heads
     geometry = info.geometry
     seq_len = geometry.seq_len
-    pattern = _plan_pattern(state, hook, layer, info)
-    order = (layer_order(pattern, geometry, world, state.balance, state.sparse_cost, state.block_m, state.block_n)
-             if pattern is not None else None)
-    order_t = None if order is None or order == tuple(range(heads)) else torch.tensor(order)
+    try:  # deterministic from the plan: every rank reaches the same answer
+        pattern = _plan_pattern(state, hook, layer, info)
+        order = (layer_order(pattern, geometry, world, state.balance, state.sparse_cost, state.block_m, state.block_n)
+                 if pattern is not None else None)
+    except Exception as error:  # never skip the collectives below
+        state.log_once(f"plan:{type(error).__name__}", "could not read the plan for this layer (%s: %s); it runs dense.",
+                       type(error).__name__, error, level=logging.WARNING)
+        pattern = order = None
+    order_t = state.order_tensor(order, q.device)
 
     with _span("all_to_all"):
         local = comm.seq_to_heads([x.view(batch, chunk, heads, head_dim) for x in (q, k, v)], group, order_t)
