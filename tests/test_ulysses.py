@@ -122,6 +122,7 @@ SCENARIOS = {
     "balanced": dict(layers=UNEVEN, balance=True, fail_rank=None),
     "rank 1 falls back dense": dict(layers=ASYMMETRIC, balance=False, fail_rank=1),
     "no plan (Raylight's path)": dict(layers=None, balance=False, fail_rank=None),
+    "ring 2 (Raylight's path)": dict(layers=ASYMMETRIC, balance=True, fail_rank=None, ring=2),
 }
 
 
@@ -163,7 +164,8 @@ def ulysses_runs(comfy, tmp_path_factory):
     pytest.importorskip("yunchang")
     out_dir = tmp_path_factory.mktemp("ulysses")
     scenarios = [dict(name=name, plan=None if spec["layers"] is None else dumps_plan(make_plan(spec["layers"])),
-                      balance=spec["balance"], fail_rank=spec["fail_rank"]) for name, spec in SCENARIOS.items()]
+                      balance=spec["balance"], fail_rank=spec["fail_rank"], ring=spec.get("ring", 1))
+                 for name, spec in SCENARIOS.items()]
     spawn(workers.wan_worker, comfy.path, scenarios, str(out_dir))
     return [torch.load(out_dir / f"wan_{rank}.pt") for rank in range(WORLD)]
 
@@ -175,7 +177,7 @@ def test_balanced_scenario_permutes_heads():
 
 
 @pytest.mark.comfyui
-@pytest.mark.parametrize("name", [n for n in SCENARIOS if SCENARIOS[n]["layers"] is not None])
+@pytest.mark.parametrize("name", [n for n in SCENARIOS if SCENARIOS[n]["layers"] is not None and "ring" not in SCENARIOS[n]])
 def test_ulysses_equals_single_process_oracle(comfy, ulysses_runs, name):
     import comfy_harness
 
@@ -220,3 +222,13 @@ def test_unserved_forward_runs_raylights_path(comfy, ulysses_runs):
     padded_keys = comfy_harness.rel_diff(ulysses_runs[0]["no plan (Raylight's path)"]["out"], oracle_sample(comfy, None))
     print(f"Raylight's path (padded key attended) vs one process dense: {padded_keys:.3g}")
     assert 0 < padded_keys < 0.5
+
+
+@pytest.mark.comfyui
+def test_ring_degree_above_one_runs_raylights_path(ulysses_runs):
+    """Ring attention is not served: with the plan installed every call goes
+    to the wrapped forward, and the output is the one without the plan."""
+    for results in ulysses_runs:
+        counts = results["ring 2 (Raylight's path)"]["counts"]
+        assert set(counts) == {"previous"} and counts["previous"] > 0
+        assert torch.equal(results["ring 2 (Raylight's path)"]["out"], results["no plan (Raylight's path)"]["out"])

@@ -82,7 +82,7 @@ def _failing(*args, **kwargs):
 def wan_worker(rank: int, world: int, port: int, comfy_path: str, scenarios: list, out_dir: str) -> None:
     """Sample the tiny Wan under Ulysses for each scenario:
     {"name", "plan": plan JSON or None, "balance", "fail_rank": rank whose
-    sparse path raises, or None}. Raylight's USP is stood in for by
+    sparse path raises, or None, "ring": yunchang's ring degree (1)}. Raylight's USP is stood in for by
     SequenceSplit (its pad-and-split) and dense_usp_forward (its attention),
     and the pack goes on through the Raylight node's worker patch."""
     _init(rank, world, port)
@@ -92,9 +92,10 @@ def wan_worker(rank: int, world: int, port: int, comfy_path: str, scenarios: lis
         import comfy_harness
         from sparse_vdit.parallel import raylight, sequence_split, ulysses
 
-        yunchang.set_seq_parallel_pg(world, 1, rank, world)
         results = {}
         for scenario in scenarios:
+            ring = scenario.get("ring", 1)  # ring > 1: Raylight's own path must serve
+            yunchang.set_seq_parallel_pg(world // ring, ring, rank, world)
             model = wan_model(comfy_path)
             positive, negative, latent = wan_inputs(model)
             diffusion_model = model.model.diffusion_model
