@@ -23,7 +23,8 @@ by a fixed seed, as a calibrated plan has them in no particular order.
 Correctness: the output of each 2-GPU row against the same plan on 1 GPU
 (relative L2), next to the dense 2-vs-1 difference (the floor set by bf16
 GEMMs over half the tokens) and the sparse-vs-dense difference (the
-effect of the plan). Results: DIR/ulysses.json, DIR/ulysses.md; the short
+effect of the plan); then the model in float32 at an odd grid (a padded
+token on the last rank), 2 GPUs against 1 with the d=0.3 plan, balancing on. Results: DIR/ulysses.json, DIR/ulysses.md; the short
 table is printed last.
 """
 from __future__ import annotations
@@ -217,11 +218,59 @@ def run_config(name: str, config: dict, wan, ops, device, dtype, repeats: int, d
             row["plan_effect_vs_dense"] = effect
             # equal to 1 GPU up to the dense 2-vs-1 floor, and far below what the plan itself changes
             row["equal_to_1gpu"] = row["vs_1gpu_same_plan"] <= max(3 * floor, 1e-3) and row["vs_1gpu_same_plan"] < effect / 10
-    del model, outputs
+    del outputs
+    check = check_float32(model, info, t, device, backend)
+    log(f"  {name} float32, {check['geometry']}: 2 GPUs vs 1, same plan {check['sparse_2_vs_1']:.2e} "
+        f"(dense {check['dense_2_vs_1']:.2e}; the plan vs dense {check['plan_effect_vs_dense']:.2e}): "
+        f"{'equal' if check['equal'] else 'NOT EQUAL'}")
+    del model
     if device.type == "cuda":
         torch.cuda.empty_cache()
     return {"geometry": geometry.describe(), "heads": info.heads, "layers": info.layers, "world": world,
-            "rows": rows, "dense_2_vs_1_floor": floor}
+            "rows": rows, "dense_2_vs_1_floor": floor, "float32_check": check}
+
+
+CHECK_LATENT = (5, 58, 102)  # grid 5 x 29 x 51 = 7395 tokens: odd, so the last rank holds a padded token
+
+
+def check_float32(model, info, t, device, backend) -> dict:
+    """The model in float32 at a small odd grid: the Ulysses path (balancing
+    on) against the same plan on one GPU, tight enough to see a wrong head
+    or a padded key (bf16 rows above are only as equal as bf16 GEMMs over
+    half the tokens allow)."""
+    from sparse_vdit.integration.sparse_patch import SparsePatch
+    from sparse_vdit.parallel import sequence_split, ulysses
+    from sparse_vdit.patterns import Geometry
+    from sparse_vdit.plans.format import DenseSchedule
+
+    model.float()
+    latent = CHECK_LATENT if device.type == "cuda" else (3, 10, 14)
+    g = torch.Generator(device=device).manual_seed(2)
+    x = torch.randn(2, 16, *latent, device=device, generator=g)
+    context = torch.randn(2, 512, 4096, device=device, generator=g)
+    for tensor in (x, context):
+        dist.broadcast(tensor, 0)
+    geometry = Geometry(*(-(-n // p) for n, p in zip(latent, info.patch_size)))
+    plans = {"dense": full_plan(info), "sparse": shuffled_mix(info, geometry, 0.3)}
+
+    def run(plan):
+        patch = SparsePatch(plan, info, DenseSchedule(0.0), backend=backend)
+        with torch.no_grad(), dense_kernels(device):
+            return model(x, t, context, transformer_options=step_options(patch, patch.wrap_forward))
+
+    one = {key: run(plan) for key, plan in plans.items()}
+    split = sequence_split.SequenceSplit(model)
+    ulysses.install(model, group=dist.group.WORLD, balance=True)
+    try:
+        two = {key: run(plan) for key, plan in plans.items()}
+    finally:
+        ulysses.uninstall(model)
+        split.remove()
+    result = {"geometry": geometry.describe(), "dense_2_vs_1": rel(two["dense"], one["dense"]),
+              "sparse_2_vs_1": rel(two["sparse"], one["sparse"]),
+              "plan_effect_vs_dense": rel(one["sparse"], one["dense"])}
+    result["equal"] = result["sparse_2_vs_1"] < 1e-3 and result["sparse_2_vs_1"] < result["plan_effect_vs_dense"] / 100
+    return result
 
 
 def table(results: dict) -> str:
@@ -238,6 +287,11 @@ def table(results: dict) -> str:
             imb = (f"{row['measured_imbalance']:.2f}x / {row['predicted_imbalance']:.2f}x"
                    if "measured_imbalance" in row else "")
             lines.append(f"| {name} | {label} | {row['step_ms']:.1f} | {speed} | {diff} | {a2a} | {att} | {imb} |")
+    for name, entry in results["configs"].items():
+        check = entry["float32_check"]
+        lines.append(f"\n{name}, float32 at {check['geometry']}: 2 GPUs vs 1 GPU, same plan (balancing on) "
+                     f"{check['sparse_2_vs_1']:.2e}, dense {check['dense_2_vs_1']:.2e}, the plan vs dense "
+                     f"{check['plan_effect_vs_dense']:.2e}: {'equal' if check['equal'] else 'NOT EQUAL'}")
     return "\n".join(lines)
 
 

@@ -26,4 +26,5 @@ def test_bench_ulysses_smoke(comfy, tmp_path):
     sparse = [row for label, row in rows.items() if label.startswith("2 GPUs ours d=")]
     assert len(sparse) == 4 and all(row["equal_to_1gpu"] for row in sparse)
     assert all(len(row["attention_ms"]) == 2 and len(row["all_to_all_ms"]) == 2 for row in sparse)
+    assert results["configs"]["smoke"]["float32_check"]["equal"]
     assert (tmp_path / "ulysses.md").read_text().count("| smoke |") == len(rows)
