@@ -94,16 +94,20 @@ if triton is not None:
         return tl.where(x < 0, -r, r)  # keeps the sign of a zero, as the hardware does
 
     @triton.jit
+    def _batch_head(bs, n_slots, heads_ptr):
+        """Program axis 1 runs over (batch, head slot): the batch and the model head, as int64."""
+        b = bs // n_slots
+        head = tl.load(heads_ptr + bs - b * n_slots)
+        return b.to(tl.int64), head.to(tl.int64)
+
+    @triton.jit
     def _stats(K, V, heads_ptr, KSUM, VMAX, seq_len, n_slots, n_chunks,
                skb, skl, skh, svb, svl, svh,
                HEAD_DIM: tl.constexpr, CHUNK: tl.constexpr, SUB: tl.constexpr, WANT_V: tl.constexpr):
         """Per (chunk of tokens, batch x slot): sum of K and amax |V| per channel."""
         chunk = tl.program_id(0)
         bs = tl.program_id(1)
-        b = bs // n_slots
-        head = tl.load(heads_ptr + bs - b * n_slots)
-        b64 = b.to(tl.int64)
-        h64 = head.to(tl.int64)
+        b64, h64 = _batch_head(bs, n_slots, heads_ptr)
         offs_d = tl.arange(0, HEAD_DIM)
         ksum = tl.zeros([HEAD_DIM], tl.float32)
         vmax = tl.zeros([HEAD_DIM], tl.float32)
@@ -130,10 +134,7 @@ if triton is not None:
         """One block of BLOCK tokens of one (batch, slot): q, k, v read once."""
         blk = tl.program_id(0)
         bs = tl.program_id(1)
-        b = bs // n_slots
-        head = tl.load(heads_ptr + bs - b * n_slots)
-        b64 = b.to(tl.int64)
-        h64 = head.to(tl.int64)
+        b64, h64 = _batch_head(bs, n_slots, heads_ptr)
         bs64 = bs.to(tl.int64)
         t = blk * BLOCK + tl.arange(0, BLOCK)
         offs_d = tl.arange(0, HEAD_DIM)

@@ -100,6 +100,19 @@ def triton_available(device) -> bool:
 if triton is not None:
 
     @triton.jit
+    def _full_blocks_end(kv_indices, start, end, n_k_blocks, KV_TAIL: tl.constexpr):
+        """End of a row's full key blocks: the ragged last key block, if listed,
+        is the row's last entry (lists are ascending) and is peeled off so the
+        main loop needs no masks."""
+        full_end = end
+        if KV_TAIL:
+            if end > start:
+                last = tl.load(kv_indices + end - 1)
+                if last == n_k_blocks - 1:
+                    full_end = end - 1
+        return full_end
+
+    @triton.jit
     def _attend_block(acc, m_i, l_i, q, k, v, qk_scale, kv_start, seq_len,
                       MASK_KV: tl.constexpr, BLOCK_N: tl.constexpr, DOT_PREC: tl.constexpr):
         # Scores in log2 units: exp2(s * scale * log2 e - m) == exp(s * scale - m').
@@ -175,14 +188,7 @@ if triton is not None:
         l_i = tl.zeros([TILE_M], tl.float32)
         acc = tl.zeros([TILE_M, HEAD_DIM], tl.float32)
 
-        # The ragged last key block, if listed, is the row's last entry
-        # (lists are ascending): peel it off so the loop needs no masks.
-        full_end = end
-        if KV_TAIL:
-            if end > start:
-                last = tl.load(kv_indices + end - 1)
-                if last == n_k_blocks - 1:
-                    full_end = end - 1
+        full_end = _full_blocks_end(kv_indices, start, end, n_k_blocks, KV_TAIL)
 
         k_row0 = b * k_rb + head * k_rh
         k_col0 = head * k_ch
@@ -390,25 +396,29 @@ def _launch(q, k, v, out, kv_offsets, kv_indices, heads_t, order, seq_len: int,
 _OP_NAME = "sparse_vdit::sparse_attention"
 
 
-def _register_op():
+def register_out_op(name: str, impl):
+    """Register impl (writes its `out` argument, returns None) as the torch
+    custom op `name` mutating `out`, with a fake that does nothing, so a
+    user's torch.compile sees one opaque op and no graph break. Re-imports
+    reuse the registered op."""
+    namespace, op_name = name.split("::")
     try:
-        torch.ops.sparse_vdit.sparse_attention  # already registered (module re-imported)
-        return torch.ops.sparse_vdit.sparse_attention
+        return getattr(getattr(torch.ops, namespace), op_name)  # already registered (module re-imported)
     except (AttributeError, RuntimeError):
         pass
+    op = torch.library.custom_op(name, mutates_args=("out",))(impl)
+    op.register_fake(lambda *args, **kwargs: None)
+    return getattr(getattr(torch.ops, namespace), op_name)
 
-    @torch.library.custom_op(_OP_NAME, mutates_args=("out",))
+
+def _register_op():
     def sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor,
                          kv_offsets: torch.Tensor, kv_indices: torch.Tensor, heads: torch.Tensor,
                          order: Optional[torch.Tensor], seq_len: int, block_m: int, block_n: int,
                          scale: float) -> None:
         _launch(q, k, v, out, kv_offsets, kv_indices, heads, order, seq_len, block_m, block_n, scale)
 
-    @sparse_attention.register_fake
-    def _(q, k, v, out, kv_offsets, kv_indices, heads, order, seq_len, block_m, block_n, scale):
-        return None
-
-    return torch.ops.sparse_vdit.sparse_attention
+    return register_out_op(_OP_NAME, sparse_attention)
 
 
 _op = _register_op() if triton is not None else None

@@ -31,7 +31,10 @@ import torch
 
 from . import quant8
 from .triton_sparse import (SUPPORTED_BLOCKS, SUPPORTED_HEAD_DIMS, TensorDescriptor, _interpreting,
-                            prepare_table, triton)
+                            prepare_table, register_out_op, triton)
+
+if triton is not None:
+    from .triton_sparse import _full_blocks_end
 
 if triton is not None:
     import triton.language as tl
@@ -153,12 +156,7 @@ if triton is not None:
         l_i = tl.zeros([TILE_M], tl.float32)
         acc = tl.zeros([TILE_M, HEAD_DIM], tl.float32)
 
-        full_end = end
-        if KV_TAIL:
-            if end > start:
-                last = tl.load(kv_indices + end - 1)
-                if last == n_k_blocks - 1:
-                    full_end = end - 1
+        full_end = _full_blocks_end(kv_indices, start, end, n_k_blocks, KV_TAIL)
 
         k_row0 = bs64 * l_pad
         v_row0 = bs64 * HEAD_DIM
@@ -290,22 +288,12 @@ _OP_NAME = "sparse_vdit::sparse_attention8"
 
 
 def _register_op():
-    try:
-        return torch.ops.sparse_vdit.sparse_attention8
-    except (AttributeError, RuntimeError):
-        pass
-
-    @torch.library.custom_op(_OP_NAME, mutates_args=("out",))
     def sparse_attention8(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor,
                           kv_offsets: torch.Tensor, kv_indices: torch.Tensor, heads: torch.Tensor,
                           seq_len: int, block_m: int, block_n: int, scale: float, pv_fp8: bool) -> None:
         _run8(q, k, v, out, kv_offsets, kv_indices, heads, seq_len, block_m, block_n, scale, pv_fp8)
 
-    @sparse_attention8.register_fake
-    def _(q, k, v, out, kv_offsets, kv_indices, heads, seq_len, block_m, block_n, scale, pv_fp8):
-        return None
-
-    return torch.ops.sparse_vdit.sparse_attention8
+    return register_out_op(_OP_NAME, sparse_attention8)
 
 
 _op = _register_op() if triton is not None else None

@@ -29,8 +29,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 if HERE not in sys.path:
     sys.path.insert(0, HERE)
 
-from test_triton_kernel import (G_MID, G_ODD, _inputs, _make_layer, _triton_importable,  # noqa: E402
-                                _triton_version, oracle, rel)
+from test_triton_kernel import (G_MID, G_ODD, _compile_sm, _cuda_backend_or_skip, _inputs,  # noqa: E402
+                                _make_layer, _triton_importable, interpreter_worker_results, oracle, rel)
 
 # Error of the kernel against the emulated reference (its own arithmetic:
 # with FP8 PV that includes P's e4m3 rounding, about 2^-4 relative per
@@ -247,23 +247,8 @@ class pytest_raises_value:
 
 def check_compile8(device, backend):
     from sparse_vdit.kernels import triton_sparse8 as t8
-    from sparse_vdit.patterns import Geometry
-    geometry = Geometry(*G_ODD)
-    n_heads, table = _make_layer("mixed5", geometry, 128, 64, device)
-    gen = torch.Generator().manual_seed(2)
-    q, k, v, _ = _inputs(2, geometry.seq_len, n_heads, 64, torch.float16, "flat", device, gen)
-    t8.prepare_table(table)
-
-    def fn(q, k, v):
-        out = torch.zeros_like(q)
-        t8.sparse_attention8_triton(q, k, v, out, table)
-        return out * 2.0
-
-    torch._dynamo.reset()
-    got = torch.compile(fn, fullgraph=True, backend=backend)(q, k, v)
-    want = fn(q, k, v)
-    assert torch.equal(got, want), f"compiled result differs from eager: {rel(got, want)}"
-    return {}
+    from test_triton_kernel import check_compile
+    return check_compile(t8, device, backend, entry="sparse_attention8_triton")
 
 
 # name -> spec. layer: a PATTERNS name of test_triton_kernel, "one_block" or "long".
@@ -438,16 +423,6 @@ def test_table_with_dense_rows():
 # --------------------------------------------------------------------------
 # CPU: the compiled kernels (Triton's CUDA backend compiles without a GPU)
 # --------------------------------------------------------------------------
-def _compile_sm(fn, signature: dict, constexprs: dict, capability: int, num_warps=4, num_stages=3):
-    import triton
-    from triton.backends.compiler import GPUTarget
-    from triton.compiler import ASTSource
-    sig = dict(signature, **{k: "constexpr" for k in constexprs})
-    src = ASTSource(fn, sig, constexprs={(fn.arg_names.index(k),): v for k, v in constexprs.items()})
-    return triton.compile(src, target=GPUTarget("cuda", capability, 32),
-                          options={"num_warps": num_warps, "num_stages": num_stages})
-
-
 def _kernel8_signature(tma: bool, pv_fp8: bool, d: int, bn: int = 64) -> dict:
     sig = {"Q8": "*i8", "QS": "*fp32", "K8": "*i8", "KS": "*fp32", "VT8": "*fp8e4nv" if pv_fp8 else "*i8",
            "V": "*bf16", "VS": "*fp32", "O": "*bf16",
@@ -457,18 +432,6 @@ def _kernel8_signature(tma: bool, pv_fp8: bool, d: int, bn: int = 64) -> dict:
     for name in ("seq_len", "l_pad", "n_slots", "n_q_blocks", "n_k_blocks", "svb", "svl", "svh", "sob", "sol", "soh"):
         sig[name] = "i32"
     return sig
-
-
-def _cuda_backend_or_skip():
-    if not _triton_importable():
-        pytest.skip("triton is not installed")
-    try:
-        import triton.backends.nvidia  # noqa: F401
-        from triton.compiler import ASTSource  # noqa: F401
-    except Exception as error:  # pragma: no cover - depends on the wheel
-        pytest.skip(f"Triton's CUDA backend is not importable: {error}")
-    if os.environ.get("TRITON_INTERPRET") == "1":
-        pytest.skip("interpreter enabled in this process")
 
 
 @pytest.mark.parametrize("capability,tma,pv_fp8,d", [(90, True, True, 128), (90, False, True, 64),
@@ -531,16 +494,7 @@ def _worker(names):
 
 @pytest.fixture(scope="module")
 def interpreter8():
-    if not _triton_importable():
-        pytest.skip("triton is not installed")
-    if _triton_version() < (3, 9):
-        pytest.skip("the Triton interpreter before 3.9 cannot run these kernels")
-    env = dict(os.environ, TRITON_INTERPRET="1")
-    proc = subprocess.run([sys.executable, os.path.abspath(__file__), "--worker", *ALL_INTERP],
-                          capture_output=True, text=True, env=env, timeout=1200)
-    marker = [line for line in proc.stdout.splitlines() if line.startswith("@@RESULTS@@")]
-    assert marker, f"interpreter worker failed (rc {proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
-    return json.loads(marker[-1][len("@@RESULTS@@"):])
+    return interpreter_worker_results(__file__, ALL_INTERP, 1200)
 
 
 @pytest.mark.parametrize("name", ALL_INTERP)

@@ -205,9 +205,9 @@ class pytest_raises:  # tiny stand-in usable in the worker without pytest's mach
         return True
 
 
-def check_compile(ts, device, backend):
-    """A function calling the kernel compiles with fullgraph=True (no graph
-    break) and gives the eager result."""
+def check_compile(ts, device, backend, entry: str = "sparse_attention_triton"):
+    """A function calling the kernel (module ts, function `entry`) compiles
+    with fullgraph=True (no graph break) and gives the eager result."""
     from sparse_vdit.patterns import Geometry
     geometry = Geometry(*G_ODD)
     n_heads, table = _make_layer("mixed5", geometry, 128, 64, device)
@@ -217,7 +217,7 @@ def check_compile(ts, device, backend):
 
     def fn(q, k, v):
         out = torch.zeros_like(q)
-        ts.sparse_attention_triton(q, k, v, out, table)
+        getattr(ts, entry)(q, k, v, out, table)
         return out * 2.0
 
     torch._dynamo.reset()
@@ -275,8 +275,10 @@ def _triton_version() -> tuple[int, ...]:
     return tuple(int(part) for part in triton.__version__.split(".")[:2] if part.isdigit())
 
 
-@pytest.fixture(scope="module")
-def interpreter_results():
+def interpreter_worker_results(script: str, names, timeout: int) -> dict:
+    """Run `script --worker names...` under TRITON_INTERPRET=1 in a subprocess
+    (the variable must be set before triton is imported, and would leak into
+    other test modules); returns its per-case results."""
     if not _triton_importable():
         pytest.skip("triton is not installed")
     if _triton_version() < (3, 9):
@@ -285,17 +287,66 @@ def interpreter_results():
         # The compiled kernel is checked by the GPU tests below on any version.
         pytest.skip("the Triton interpreter before 3.9 cannot run this kernel")
     env = dict(os.environ, TRITON_INTERPRET="1")
-    proc = subprocess.run([sys.executable, os.path.abspath(__file__), "--worker", *CASES],
-                          capture_output=True, text=True, env=env, timeout=600)
+    proc = subprocess.run([sys.executable, os.path.abspath(script), "--worker", *names],
+                          capture_output=True, text=True, env=env, timeout=timeout)
     marker = [line for line in proc.stdout.splitlines() if line.startswith("@@RESULTS@@")]
     assert marker, f"interpreter worker failed (rc {proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
     return json.loads(marker[-1][len("@@RESULTS@@"):])
+
+
+@pytest.fixture(scope="module")
+def interpreter_results():
+    return interpreter_worker_results(__file__, list(CASES), 600)
 
 
 @pytest.mark.parametrize("name", list(CASES))
 def test_interpreter(interpreter_results, name):
     result = interpreter_results[name]
     assert result["ok"], result.get("error", "") + "\n" + result.get("trace", "")
+
+
+# --------------------------------------------------------------------------
+# CPU: the compiled kernel (Triton's CUDA backend compiles without a GPU)
+# --------------------------------------------------------------------------
+def _compile_sm(fn, signature: dict, constexprs: dict, capability: int, num_warps=4, num_stages=3):
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+    sig = dict(signature, **{k: "constexpr" for k in constexprs})
+    src = ASTSource(fn, sig, constexprs={(fn.arg_names.index(k),): v for k, v in constexprs.items()})
+    return triton.compile(src, target=GPUTarget("cuda", capability, 32),
+                          options={"num_warps": num_warps, "num_stages": num_stages})
+
+
+def _cuda_backend_or_skip():
+    if not _triton_importable():
+        pytest.skip("triton is not installed")
+    try:
+        import triton.backends.nvidia  # noqa: F401
+        from triton.compiler import ASTSource  # noqa: F401
+    except Exception as error:  # pragma: no cover - depends on the wheel
+        pytest.skip(f"Triton's CUDA backend is not importable: {error}")
+    if os.environ.get("TRITON_INTERPRET") == "1":
+        pytest.skip("interpreter enabled in this process")
+
+
+@pytest.mark.parametrize("tma,tile_m,ws", [(True, 128, False), (True, 64, False), (False, 128, False)])
+def test_kernel_compiles_for_sm90(tma, tile_m, ws):
+    """Variants the host code can launch compile for Hopper (the interpreter
+    runs plain Python and cannot catch code-generator errors)."""
+    _cuda_backend_or_skip()
+    from sparse_vdit.kernels import triton_sparse as ts
+    sig = {name: "*bf16" for name in ("Q", "K", "V", "O")}
+    sig["k_desc"] = sig["v_desc"] = "tensordesc<bf16[64, 128]>" if tma else "*bf16"
+    sig.update({name: "*i32" for name in ("kv_offsets", "kv_indices", "heads_ptr", "row_order")})
+    sig.update({name: "i32" for name in ("seq_len", "n_q_blocks", "n_k_blocks", "sqb", "sql", "sqh", "skb", "skl",
+                                         "skh", "svb", "svl", "svh", "sob", "sol", "soh", "k_rb", "k_rh", "k_ch",
+                                         "v_rb", "v_rh", "v_ch")})
+    sig["qk_scale"] = "fp32"
+    const = dict(HEAD_DIM=128, BLOCK_M=128, BLOCK_N=64, USE_TMA=tma, USE_ORDER=False, KV_TAIL=True,
+                 DOT_PREC="tf32", UPCAST=False, WARP_SPEC=ws, TILE_M=tile_m)
+    compiled = _compile_sm(ts._sparse_attn_fwd, sig, const, 90, num_stages=2)
+    assert "warp_group_dot" in compiled.asm["ttgir"]
 
 
 def test_triton_available_cpu_without_interpreter():
