@@ -24,7 +24,10 @@ Correctness: the output of each 2-GPU row against the same plan on 1 GPU
 (relative L2), next to the dense 2-vs-1 difference (the floor set by bf16
 GEMMs over half the tokens) and the sparse-vs-dense difference (the
 effect of the plan); then the model in float32 at an odd grid (a padded
-token on the last rank), 2 GPUs against 1 with the d=0.3 plan, balancing on. Results: DIR/ulysses.json, DIR/ulysses.md; the short
+token on the last rank), 2 GPUs against 1 with the d=0.3 plan, balancing on.
+Balancing costs: the sparse kernel's time per pair relative to the dense
+one's is fitted from the per-rank attention times (the `sparse_cost` the
+Ulysses path takes; 1.0 by default), with the imbalance it predicts. Results: DIR/ulysses.json, DIR/ulysses.md; the short
 table is printed last.
 """
 from __future__ import annotations
@@ -204,11 +207,16 @@ def run_config(name: str, config: dict, wan, ops, device, dtype, repeats: int, d
                        "predicted_imbalance": balance.plan_imbalance(plan.layers, geometry, world, balanced),
                        "vs_1gpu_same_plan": rel(out, outputs[("1", key)]),
                        "speedup_vs_1gpu_same_plan": rows[f"1 GPU {'dense (cuDNN)' if key == 'dense' else 'ours ' + key}"]["step_ms"] / ms}
+                row["rank_work"] = rank_work(plan, geometry, world, balanced)
                 rows[label] = row
                 ulysses.uninstall(model)
     finally:
         split.remove()
     floor = rows["2 GPUs ours dense"]["vs_1gpu_same_plan"]
+    fit = fit_sparse_cost(rows, plans, geometry, world)
+    if fit is not None:
+        log(f"  {name} measured sparse cost per pair / dense cost per pair: {fit['sparse_cost']:.2f} "
+            f"(imbalance predicted with it: {', '.join(f'{k} {v:.2f}x' for k, v in fit['predicted_imbalance'].items())})")
     for key in plans:
         if key == "dense":
             continue
@@ -227,7 +235,47 @@ def run_config(name: str, config: dict, wan, ops, device, dtype, repeats: int, d
     if device.type == "cuda":
         torch.cuda.empty_cache()
     return {"geometry": geometry.describe(), "heads": info.heads, "layers": info.layers, "world": world,
-            "rows": rows, "dense_2_vs_1_floor": floor, "float32_check": check}
+            "rows": rows, "dense_2_vs_1_floor": floor, "float32_check": check, "sparse_cost_fit": fit}
+
+
+def rank_work(plan, geometry, world: int, balanced: bool) -> list[list[float]]:
+    """Per rank, summed over layers: [full heads, sparse heads' pair shares]."""
+    from sparse_vdit.parallel.balance import head_costs, layer_order, rank_heads
+
+    work = [[0.0, 0.0] for _ in range(world)]
+    for layer in plan.layers:
+        costs = head_costs(layer, geometry)
+        order = layer_order(layer, geometry, world, balanced)
+        for r in range(world):
+            for h in rank_heads(order, world, r):
+                kind = layer.heads[h].kind
+                if kind == "full":
+                    work[r][0] += 1.0
+                elif kind == "sparse":
+                    work[r][1] += costs[h]
+    return work
+
+
+def fit_sparse_cost(rows: dict, plans: dict, geometry, world: int) -> dict | None:
+    """Per-rank attention ms = a * full heads + b * sparse pair shares (least
+    squares over every rank of every profiled 2-GPU row): b / a is the sparse
+    kernel's time per pair relative to the dense one's, the `sparse_cost` the
+    balancing can take; and the imbalance it predicts per row."""
+    from sparse_vdit.parallel.balance import plan_imbalance
+
+    samples = [(w, ms) for row in rows.values() if "rank_work" in row
+               for w, ms in zip(row["rank_work"], row["attention_ms"])]
+    if len(samples) < 3:
+        return None
+    a = torch.tensor([w for w, _ in samples], dtype=torch.float64)
+    b = torch.tensor([ms for _, ms in samples], dtype=torch.float64).unsqueeze(1)
+    solution = torch.linalg.lstsq(a, b).solution.flatten()
+    if solution[0] <= 0 or solution[1] <= 0:
+        return None
+    cost = float(solution[1] / solution[0])
+    predicted = {f"{key} balancing {'on' if on else 'off'}": plan_imbalance(plan.layers, geometry, world, on, cost)
+                 for key, plan in plans.items() if key != "dense" for on in (False, True)}
+    return {"sparse_cost": cost, "dense_ms_per_full_head_layer": float(solution[0]), "predicted_imbalance": predicted}
 
 
 CHECK_LATENT = (5, 58, 102)  # grid 5 x 29 x 51 = 7395 tokens: odd, so the last rank holds a padded token
