@@ -69,10 +69,13 @@ def _rename_all(paths: list[str], temps: list[str]) -> None:
             os.replace(tmp, path)
     except BaseException:
         for path, backup in reversed(backups):
-            if backup is None:
-                _remove(path)
-            else:
-                os.replace(backup, path)
+            try:  # put back what can be put back, each file on its own
+                if backup is None:
+                    _remove(path)
+                else:
+                    os.replace(backup, path)
+            except OSError:
+                continue
         raise
     for _, backup in backups:
         if backup is not None:
