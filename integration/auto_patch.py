@@ -90,10 +90,15 @@ class AutoPatch(SparsePatch):
             self.plans[geometry] = plan
         return self.plans[geometry]
 
-    def handle(self, func, call: dict, layer: int, info: ForwardInfo, args, kwargs):
-        plan = self.plan_for(info.geometry)
+    def use_plan_for(self, geometry: Geometry) -> Plan | None:
+        """Serve the saved plan of this grid from now on, if there is one."""
+        plan = self.plan_for(geometry)
         if plan is not None:
             self.plan, self.schedule = plan, schedule_for(plan, self.dense_warmup)
+        return plan
+
+    def handle(self, func, call: dict, layer: int, info: ForwardInfo, args, kwargs):
+        if self.use_plan_for(info.geometry) is not None:
             return super().handle(func, call, layer, info, args, kwargs)
         out = self.chain(func, args, kwargs, info)
         calibrator = self.calibrators.get(info.geometry)

@@ -41,11 +41,22 @@ class SparsePatch(VideoAttentionHook):
                           "serves every step.", self.plan.name)
         return self.plan.layers_at(info.step, info.total_steps)[layer]
 
-    def serves(self, call: dict, layer: int, info: ForwardInfo) -> bool:
-        if self.layer_pattern(layer, info).is_dense:
-            return False  # an all-full layer is exactly the call as it came
+    def pattern_for(self, layer: int, info: ForwardInfo):
+        """This step's pattern of a layer, or None where the call runs as it
+        came (an all-full layer, the dense warm-up). The same answer for
+        every caller with the same plan, step and layer (every Ulysses rank)."""
+        if self.plan is None or not 0 <= layer < len(self.plan.layers):
+            return None
+        pattern = self.layer_pattern(layer, info)
+        if pattern.is_dense:
+            return None  # an all-full layer is exactly the call as it came
         if info.step is not None and self.schedule.is_dense(info.step, info.total_steps, info.sigma):
             self.log_once("warmup", "dense warm-up: the first %.0f%% of steps run dense.", 100 * self.schedule.warmup_fraction)
+            return None
+        return pattern
+
+    def serves(self, call: dict, layer: int, info: ForwardInfo) -> bool:
+        if self.pattern_for(layer, info) is None:
             return False
         q = call["q"]
         if self.backend == "auto" and not triton_backend.can_serve(as_blhd(q, call_layout(call), int(call["heads"]))):

@@ -151,24 +151,13 @@ def _plan_pattern(state: UlyssesState, hook, layer, info) -> LayerPattern | None
     The same answer on every rank (plan, step, layer)."""
     if not isinstance(hook, SparsePatch) or layer is None:
         return None
-    plan_for = getattr(hook, "plan_for", None)
-    if plan_for is not None:  # auto: serves a saved plan; cannot calibrate under Ulysses
-        plan = plan_for(info.geometry)
-        if plan is None:
-            state.log_once("auto", "auto has no plan for %s yet and cannot calibrate under Ulysses "
-                           "(calibrate on one GPU or in CFG/data-parallel mode); it runs dense.",
-                           info.geometry.describe())
-            return None
-        from ..integration.install import schedule_for
-        hook.plan, hook.schedule = plan, schedule_for(plan, hook.dense_warmup)
-    if hook.plan is None or not 0 <= layer < len(hook.plan.layers):
+    plan_for = getattr(hook, "use_plan_for", None)
+    if plan_for is not None and plan_for(info.geometry) is None:  # auto: serves a saved plan only
+        state.log_once("auto", "auto has no plan for %s yet and cannot calibrate under Ulysses "
+                       "(calibrate on one GPU or in CFG/data-parallel mode); it runs dense.",
+                       info.geometry.describe())
         return None
-    pattern = hook.layer_pattern(layer, info)
-    if pattern.is_dense:
-        return None
-    if info.step is not None and hook.schedule.is_dense(info.step, info.total_steps, info.sigma):
-        return None
-    return pattern
+    return hook.pattern_for(layer, info)
 
 
 def _dense_fn(func, kwargs: dict):
