@@ -311,3 +311,22 @@ def test_step_ranges_on_the_gpu_kernel():
         ref = layer_oracle(*(x.view(2, geometry.seq_len, heads, dim).cpu() for x in (q, k, v)), layer, geometry, 128, 64)
         assert rel_err(out.cpu().view_as(ref), ref) < 2e-2, step
     assert hook.counts == {"sparse": 2}
+
+
+def test_auto_under_ulysses_serves_a_saved_plan_only(tmp_path):
+    """The Ulysses path asks the hook which pattern a layer has this step:
+    an auto hook with no saved plan for the grid answers None (dense), one
+    with a saved plan answers that plan's pattern, past the warm-up only."""
+    from sparse_vdit.integration.auto_patch import AutoPatch
+    from sparse_vdit.parallel.ulysses import UlyssesState, _plan_pattern
+    from sparse_vdit.plans.format import save_plan
+
+    state = UlyssesState(previous=None)
+    hook = AutoPatch(INFO, str(tmp_path), "abcd1234", dense_warmup=0.5)
+    info = ForwardInfo(GEOMETRY, 3, 4, 0.25)
+    assert _plan_pattern(state, hook, 0, info) is None and "auto" in state.logged
+    save_plan(PLAN, hook.plan_path(GEOMETRY))
+    hook.plans.clear()
+    assert _plan_pattern(state, hook, 0, info) == PLAN.layers[0]
+    assert _plan_pattern(state, hook, 1, info) is None            # an all-full layer
+    assert _plan_pattern(state, hook, 0, ForwardInfo(GEOMETRY, 1, 4, 0.75)) is None  # warm-up
