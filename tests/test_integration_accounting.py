@@ -71,7 +71,8 @@ def checkout(tmp_path_factory):
 def run(folder, files: dict[str, str], comfyui: str | None, require: bool):
     for name, text in files.items():
         (folder / name).write_text(text)
-    env = {k: v for k, v in os.environ.items() if k not in ("COMFYUI_PATH", "SPARSE_VDIT_REQUIRE_COMFYUI")}
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("COMFYUI_PATH", "SPARSE_VDIT_REQUIRE_COMFYUI", "PYTEST_ADDOPTS")}
     if comfyui is not None:
         env["COMFYUI_PATH"] = comfyui
     if require:

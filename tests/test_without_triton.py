@@ -64,6 +64,7 @@ sys.exit(pytest.main(sys.argv[1:]))
 
 def _run(code: str, *args: str, with_comfy: bool = True, timeout: float = 900) -> subprocess.CompletedProcess:
     env = dict(os.environ)
+    env.pop("PYTEST_ADDOPTS", None)  # the inner run picks its own tests
     if not with_comfy:  # a run of plain tests: no ComfyUI, and none required
         for name in (comfy_harness.ENV_VAR, "SPARSE_VDIT_REQUIRE_COMFYUI"):
             env.pop(name, None)
