@@ -61,8 +61,8 @@ def _interrupt_check():
 class AutoPatch(SparsePatch):
     def __init__(self, model: ModelInfo, folder: str, fingerprint: str, dense_warmup: float | None = None,
                  backend: str = "auto", lam: float = 0.5, eps: float = 1.0, probe_steps: int = 3,
-                 query_fraction: float = 0.1, menu: str = "standard", previous=None):
-        super().__init__(None, model, DenseSchedule(), previous, backend)
+                 query_fraction: float = 0.1, menu: str = "standard", previous=None, precision: str = "bf16"):
+        super().__init__(None, model, DenseSchedule(), previous, backend, precision)
         self.folder, self.fingerprint, self.dense_warmup = folder, fingerprint, dense_warmup
         self.search = dict(lam=lam, eps=eps, probe_steps=probe_steps, query_fraction=query_fraction, menu=menu)
         self.plans: dict[Geometry, Plan | None] = {}
@@ -131,7 +131,8 @@ class AutoPatch(SparsePatch):
             return
         name = auto_plan_name(self.model, self.fingerprint, geometry)
         cost, source = candidate_costs(calibrator.candidates, geometry, self.model.heads, self.model.head_dim,
-                                       torch.device(device), check_interrupt=_interrupt_check())
+                                       torch.device(device), check_interrupt=_interrupt_check(),
+                                       precision=self.precision)
         stats = calibrator.statistics(cost, source)
         plan = solve_plan(stats, self.search["lam"], self.search["eps"], name=name, warmup=self.warmup,
                           statistics=name + STATS_SUFFIX)
@@ -142,7 +143,8 @@ class AutoPatch(SparsePatch):
                  plan.describe_step_ranges())
 
 
-def apply_auto(model_patcher, folder: str, dense_warmup: float | None = None, backend: str = "auto"):
+def apply_auto(model_patcher, folder: str, dense_warmup: float | None = None, backend: str = "auto",
+               precision: str = "bf16"):
     """A clone whose video self-attention follows the auto plan for its grid
     (calibrated by the first run that needs one: see auto_patch.py)."""
     import comfy.patcher_extension as extension
@@ -152,7 +154,7 @@ def apply_auto(model_patcher, folder: str, dense_warmup: float | None = None, ba
         return unsupported(model_patcher)
     check_warmup(dense_warmup)
     fingerprint = weights_fingerprint(model_patcher.model.diffusion_model)
-    hook = AutoPatch(info, folder, fingerprint, dense_warmup, backend)
+    hook = AutoPatch(info, folder, fingerprint, dense_warmup, backend, precision=precision)
     patched = install_hook(model_patcher, hook)
     patched.remove_wrappers_with_key(extension.WrappersMP.OUTER_SAMPLE, WRAPPER_KEY)
     patched.add_wrapper_with_key(extension.WrappersMP.OUTER_SAMPLE, WRAPPER_KEY, hook.wrap_sample)

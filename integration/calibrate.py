@@ -41,7 +41,8 @@ def calibrate(model_patcher, sample: Callable[[object], object], *, plan_name: s
               lam: float = 0.5, eps: float = 1.0, probe_steps: int = 3, query_fraction: float = 0.1,
               menu: str = "standard", warmup: float = 0.2, step_ranges="auto", settings: dict | None = None,
               check_interrupt: Callable[[], None] = lambda: None, cost_cache: str | None = None,
-              probe_at: str = "", probe_layers: str = "all", steps: int | None = None) -> CalibrationResult:
+              probe_at: str = "", probe_layers: str = "all", steps: int | None = None,
+              precision: str = "bf16") -> CalibrationResult:
     """sample(model) runs the dense sampling on the given (hooked) model.
     probe_at: '' (probe_steps steps spread after the warm-up) or the steps to
     probe ('4, 10, 16'); probe_layers: 'all' or the layers ('0-9, 20');
@@ -66,7 +67,7 @@ def calibrate(model_patcher, sample: Callable[[object], object], *, plan_name: s
         raise PlanError("the calibration run reached no video self-attention call: is this a Wan model?")
     device = _model_device(model_patcher)
     cost, source = candidate_costs(calibrator.candidates, calibrator.geometry, info.heads, info.head_dim, device,
-                                   cache_path=cost_cache, check_interrupt=check_interrupt)
+                                   cache_path=cost_cache, check_interrupt=check_interrupt, precision=precision)
     stats = calibrator.statistics(cost, source)
     if str(step_ranges).isdigit() and int(step_ranges) > len(stats.probe_steps):
         log.info("Sparse-vDiT: %s step ranges asked, but only %d steps were probed (a short run): using %d.",

@@ -69,7 +69,8 @@ def install_hook(model_patcher, hook: VideoAttentionHook):
     return patched
 
 
-def apply_plan(model_patcher, plan: Plan, dense_warmup: float | None = None, backend: str = "auto"):
+def apply_plan(model_patcher, plan: Plan, dense_warmup: float | None = None, backend: str = "auto",
+               precision: str = "bf16"):
     """Return a clone of model_patcher whose video self-attention follows plan.
 
     Raises PlanError (before any change) when the plan does not fit the model.
@@ -81,7 +82,7 @@ def apply_plan(model_patcher, plan: Plan, dense_warmup: float | None = None, bac
         return unsupported(model_patcher)
     plan.check_model(info.layers, info.heads, info.head_dim, what=f"the connected model ({info.family})")
     schedule = schedule_for(plan, dense_warmup)
-    patched = install_hook(model_patcher, SparsePatch(plan, info, schedule, backend=backend))
+    patched = install_hook(model_patcher, SparsePatch(plan, info, schedule, backend=backend, precision=precision))
     log.info("Sparse-vDiT: plan '%s' on %s; dense steps: first %.0f%%.", plan.name, info.describe(),
              100 * schedule.warmup_fraction)
     return patched

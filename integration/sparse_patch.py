@@ -13,7 +13,7 @@ import logging
 import torch
 
 from ..kernels import triton_backend
-from ..kernels.dispatch import as_blhd, layer_attention
+from ..kernels.dispatch import PRECISIONS, as_blhd, layer_attention
 from ..patterns.layer import compile_layer
 from ..plans.format import DenseSchedule, Plan
 from .forward_info import ForwardInfo
@@ -26,13 +26,17 @@ BACKENDS = ("auto", "triton", "reference")
 
 
 class SparsePatch(VideoAttentionHook):
-    def __init__(self, plan: Plan, model: ModelInfo, schedule: DenseSchedule, previous=None, backend: str = "auto"):
+    def __init__(self, plan: Plan, model: ModelInfo, schedule: DenseSchedule, previous=None, backend: str = "auto",
+                 precision: str = "bf16"):
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
         super().__init__(model, previous)
         self.plan = plan
         self.schedule = schedule
         self.backend = backend
+        self.precision = precision  # kernels/dispatch.py: bf16, 8-bit or auto
 
     def layer_pattern(self, layer: int, info: ForwardInfo):
         """This step's pattern of a layer (plans may change with the step)."""
@@ -90,8 +94,11 @@ class SparsePatch(VideoAttentionHook):
             self.log_once("serving", "plan '%s' serving %s (layer %d density %.2f).", self.plan.name,
                           geometry.describe(), index, compiled.density())
         dense = self.dense_heads_fn(func, kwargs, info)
+        # 8-bit also serves full heads unless another override is chained before ours (a Sage patch keeps them)
+        chained = self.previous is not None or (info is not None and info.outer is not None)
         out = layer_attention(q, k, v, compiled, heads=heads, layout=layout, out_layout=out_layout, dense_fn=dense,
-                              backend="triton" if self.backend == "auto" else self.backend)
+                              backend="triton" if self.backend == "auto" else self.backend,
+                              precision=self.precision, full_heads_8bit=not chained)
         hidden = call.get("hidden")
         if hidden is None or hidden[0] == hidden[1]:
             return out

@@ -9,6 +9,7 @@ from ..integration.calibrate import calibrate
 from ..integration.install import apply_plan
 from ..integration.sampling import sample_latent
 from ..plans.calibrator import parse_indices
+from ..kernels.dispatch import PRECISIONS
 from ..plans.candidates import MENUS
 from ..plans.format import PlanError
 from ..plans.step_ranges import CHOICES as STEP_RANGE_CHOICES
@@ -59,6 +60,9 @@ class SparseVDiTCalibrate(io.ComfyNode):
                 io.String.Input("probe_layers", default="all", optional=True,
                                 tooltip="all, or the layers to score, counted from 0, such as 0-9, 20. Layers not "
                                         "scored stay dense (full) in the plan."),
+                io.Combo.Input("precision", options=list(PRECISIONS), default="bf16", optional=True,
+                               tooltip="The precision the plan will run at: the cost of each pattern is measured "
+                                       "at it, and the MODEL output is patched with it."),
             ],
             outputs=[io.Model.Output(display_name="MODEL"), PlanType.Output(display_name="PLAN"),
                      io.Latent.Output(display_name="LATENT")],
@@ -67,7 +71,8 @@ class SparseVDiTCalibrate(io.ComfyNode):
     @classmethod
     def execute(cls, model, positive, negative, latent_image, seed, steps, cfg, sampler_name, scheduler, denoise,
                 lambda_cost, epsilon, probe_steps, query_fraction, plan_name, candidate_menu="standard",
-                dense_warmup=0.2, step_ranges="auto", probe_at_steps="", probe_layers="all") -> io.NodeOutput:
+                dense_warmup=0.2, step_ranges="auto", probe_at_steps="", probe_layers="all",
+                precision="bf16") -> io.NodeOutput:
         register_plan_folder()
         check_plan_name(plan_name)  # before minutes of sampling: the files must be writable under it
         probes = parse_indices(probe_at_steps, steps, "probe steps")
@@ -84,5 +89,5 @@ class SparseVDiTCalibrate(io.ComfyNode):
                            warmup=dense_warmup, step_ranges=step_ranges, settings=settings,
                            probe_at=probe_at_steps, probe_layers=probe_layers, steps=steps,
                            check_interrupt=comfy.model_management.throw_exception_if_processing_interrupted,
-                           cost_cache=None)
-        return io.NodeOutput(apply_plan(model, result.plan), result.plan, result.samples)
+                           cost_cache=None, precision=precision)
+        return io.NodeOutput(apply_plan(model, result.plan, precision=precision), result.plan, result.samples)

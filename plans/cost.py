@@ -46,8 +46,9 @@ def _time_ms(fn: Callable[[], object], repeats: int = 10) -> float:
 
 def measured_costs(candidates: Sequence[Candidate], geometry: Geometry, heads: int, head_dim: int,
                    device: torch.device, dtype=torch.bfloat16, cache_path: str | None = None,
-                   check_interrupt: Callable[[], None] = lambda: None) -> torch.Tensor:
-    """[C + 1]: median ms per head of each candidate's kernel, then of dense."""
+                   check_interrupt: Callable[[], None] = lambda: None, precision: str = "bf16") -> torch.Tensor:
+    """[C + 1]: median ms per head of each candidate's kernel, then of dense,
+    at `precision` (kernels/dispatch.py; 8-bit serves full heads too)."""
     from ..kernels.dispatch import layer_attention
 
     disk = {}
@@ -58,7 +59,7 @@ def measured_costs(candidates: Sequence[Candidate], geometry: Geometry, heads: i
         except (OSError, ValueError):
             disk = {}
     prefix = (f"{torch.cuda.get_device_name(device)}|torch {torch.__version__}|{geometry.describe()}|"
-              f"{heads}x{head_dim}|{str(dtype).replace('torch.', '')}|")
+              f"{heads}x{head_dim}|{str(dtype).replace('torch.', '')}|" + ("" if precision == "bf16" else f"{precision}|"))
     generator = torch.Generator(device=device).manual_seed(0)
     q, k, v = (torch.randn(1, geometry.seq_len, heads * head_dim, device=device, dtype=dtype, generator=generator)
                for _ in range(3))
@@ -73,7 +74,8 @@ def measured_costs(candidates: Sequence[Candidate], geometry: Geometry, heads: i
             else:
                 layer = LayerPattern(((Full() if c is None else c.pattern()),) * heads)
                 compiled = compile_layer(layer, geometry, str(device))
-                _memory_cache[key] = _time_ms(lambda: layer_attention(q, k, v, compiled, heads=heads, backend="triton")) / heads
+                _memory_cache[key] = _time_ms(lambda: layer_attention(q, k, v, compiled, heads=heads, backend="triton",
+                                                                  precision=precision)) / heads
         costs.append(_memory_cache.get(key, disk.get(key)))
     if cache_path:
         disk.update({k: v for k, v in _memory_cache.items() if k.startswith(prefix)})
@@ -83,12 +85,15 @@ def measured_costs(candidates: Sequence[Candidate], geometry: Geometry, heads: i
 
 def candidate_costs(candidates: Sequence[Candidate], geometry: Geometry, heads: int, head_dim: int,
                     device: torch.device, dtype=torch.bfloat16, cache_path: str | None = None,
-                    check_interrupt: Callable[[], None] = lambda: None) -> tuple[torch.Tensor, str]:
+                    check_interrupt: Callable[[], None] = lambda: None,
+                    precision: str = "bf16") -> tuple[torch.Tensor, str]:
     """(costs [C + 1], source): measured where the Triton kernel runs, else block share."""
     from ..kernels import triton_backend
 
     probe = torch.empty(1, 1, heads, head_dim, device=device, dtype=dtype)
     if device.type == "cuda" and triton_backend.can_serve(probe):
-        costs = measured_costs(candidates, geometry, heads, head_dim, device, dtype, cache_path, check_interrupt)
-        return costs, f"measured on {torch.cuda.get_device_name(device)} (ms per head)"
+        costs = measured_costs(candidates, geometry, heads, head_dim, device, dtype, cache_path, check_interrupt,
+                               precision)
+        shown = "" if precision == "bf16" else f", {precision}"
+        return costs, f"measured on {torch.cuda.get_device_name(device)} (ms per head{shown})"
     return block_share_costs(candidates, geometry), "block-count"
