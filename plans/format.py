@@ -40,11 +40,10 @@ from ..patterns.layer import LayerPattern
 from ..patterns.registry import pattern_from_dict
 from . import validation as check
 from .atomic import atomic_write_text
-from .validation import PlanError  # noqa: F401  (defined there; imported from here by most callers)
+from .validation import PROVENANCE_KINDS, PlanError  # noqa: F401  (defined there; imported from here by most callers)
 
 FORMAT_NAME = "sparse-vdit-plan"
 FORMAT_VERSION = 2  # the newest this pack reads and writes; version 1 has no later step ranges
-PROVENANCE_KINDS = ("static-baseline", "calibrated")
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,7 @@ from __future__ import annotations
 from .. import __version__
 from ..patterns import Diagonal, Full, LayerPattern, MultiDiagonal, VerticalStripe
 from .format import DenseSchedule, ModelShape, Plan
+from .shipped import SHIPPED  # noqa: F401  (the table lives apart: file-name checks import it)
 
 # Per head, cycling: mostly local and same-place-in-other-frames heads, a few
 # global-column heads and a few dense ones, the mix the method reports. No
@@ -15,15 +16,6 @@ _CYCLE = (Diagonal(3), MultiDiagonal(1), Diagonal(3), MultiDiagonal(1), Full(),
           Diagonal(3), MultiDiagonal(1), VerticalStripe((0,)), Diagonal(3), MultiDiagonal(1))
 _DENSE_LAYERS_FIRST, _DENSE_LAYERS_LAST = 2, 1
 
-SHIPPED = {
-    "wan2.1-1.3b_static-baseline.json": ("wan2.1 t2v 1.3b", 30, 12, 128),
-    "wan2.1-14b_static-baseline.json": ("wan2.1/2.2 14b", 40, 40, 128),
-    "wan2.2-ti2v-5b_static-baseline.json": ("wan2.2 ti2v 5b", 30, 24, 128),
-    "hunyuanvideo-t2v_static-baseline.json": ("hunyuan_video t2v", 60, 24, 128),  # 20 double + 40 single blocks
-    "cogvideox-2b_static-baseline.json": ("cogvideox 2b", 30, 30, 64),
-    "cogvideox-5b_static-baseline.json": ("cogvideox 5b / 1.5 5b", 42, 48, 64),
-    "kandinsky5-lite_static-baseline.json": ("kandinsky5 lite video", 32, 14, 128),
-}
 
 
 def static_baseline_plan(family: str, layers: int, heads: int, head_dim: int, warmup: float = 0.2) -> Plan:

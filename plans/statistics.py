@@ -22,7 +22,7 @@ from ..patterns import Geometry
 from . import validation as check
 from .atomic import atomic_write, atomic_write_pair, text_writer
 from .candidates import Candidate
-from .format import ModelShape, Plan, PlanError, checked_text
+from .format import ModelShape, Plan, PlanError, checked_text, model_shape_from_dict
 
 STATS_FORMAT = "sparse-vdit-statistics"
 STATS_VERSION = 1
@@ -94,6 +94,6 @@ def load_statistics(path: str) -> Statistics:
     if metadata.get("version") != str(STATS_VERSION):
         raise PlanError(f"{path}: statistics version {check.short(metadata.get('version'))} is not supported "
                         f"(this pack reads {STATS_VERSION})")
-    stats = Statistics(**check.statistics_parts(metadata, tensors, path))
+    stats = Statistics(**check.statistics_parts(metadata, tensors, path, model_shape_from_dict))
     stats.check()
     return stats

@@ -14,6 +14,8 @@ import math
 import os
 import re
 
+PROVENANCE_KINDS = ("static-baseline", "calibrated")
+
 MAX_PLAN_BYTES = 16 << 20          # a 14B plan with 4 step ranges is ~0.4 MB
 MAX_STATS_BYTES = 1 << 30          # a 14B calibration with 50 probes is ~30 MB
 MAX_LAYERS = 512
@@ -180,8 +182,6 @@ def geometry(data, where: str):
 def provenance(data, source: str) -> dict:
     """The fields of a plan's provenance that the pack reads; the rest is
     kept as written (bounded by the file's size and nesting limits)."""
-    from .format import PROVENANCE_KINDS
-
     data = json_object(data, f"{source}: 'provenance'")
     kind = data.get("kind", "static-baseline")
     if kind not in PROVENANCE_KINDS:
@@ -208,7 +208,7 @@ def check_plan_name(name, shipped: tuple[str, ...] | None = None) -> str:
     plan's name (plans/static.py's, unless `shipped` is given). Returns it
     without '.json' and outer spaces."""
     if shipped is None:
-        from .static import SHIPPED as shipped
+        from .shipped import SHIPPED as shipped
     if not isinstance(name, str):
         raise PlanError(f"plan name must be text, got {short(name)}")
     name = name.strip()
@@ -309,10 +309,10 @@ def statistics_info(data, layers: int, source: str) -> dict:
     return dict(data)
 
 
-def statistics_parts(metadata: dict, tensors: dict, source: str) -> dict:
-    """Everything a Statistics holds, checked: the arguments to build it."""
-    from .format import model_shape_from_dict
-
+def statistics_parts(metadata: dict, tensors: dict, source: str, model_shape_from_dict) -> dict:
+    """Everything a Statistics holds, checked: the arguments to build it.
+    model_shape_from_dict: the plan format's model parser (passed in: the
+    format imports this module)."""
     fields = {}
     for key in ("model", "geometry", "candidates"):
         if not isinstance(metadata.get(key), str):
