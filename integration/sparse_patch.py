@@ -85,6 +85,14 @@ class SparsePatch(VideoAttentionHook):
         self.count("sparse")
         return out
 
+    def call_precision(self, call: dict) -> str:
+        """The model may ask for full precision on a call (ComfyUI >= 0.2x:
+        low_precision_attention=False): then no 8-bit for it."""
+        if call.get("low_precision_attention") is False and self.precision != "bf16":
+            self.log_once("low-precision-off", "a call asks for full-precision attention: it runs in bf16.")
+            return "bf16"
+        return self.precision
+
     def _sparse(self, func, call: dict, index: int, info: ForwardInfo, kwargs: dict):
         geometry, (q, k, v) = self.kept_tokens(call)
         heads, layout = int(call["heads"]), call_layout(call)
@@ -98,7 +106,7 @@ class SparsePatch(VideoAttentionHook):
         chained = self.previous is not None or (info is not None and info.outer is not None)
         out = layer_attention(q, k, v, compiled, heads=heads, layout=layout, out_layout=out_layout, dense_fn=dense,
                               backend="triton" if self.backend == "auto" else self.backend,
-                              precision=self.precision, full_heads_8bit=not chained)
+                              precision=self.call_precision(call), full_heads_8bit=not chained)
         hidden = call.get("hidden")
         if hidden is None or hidden[0] == hidden[1]:
             return out

@@ -330,3 +330,21 @@ def test_auto_under_ulysses_serves_a_saved_plan_only(tmp_path):
     assert _plan_pattern(state, hook, 0, info) == PLAN.layers[0]
     assert _plan_pattern(state, hook, 1, info) is None            # an all-full layer
     assert _plan_pattern(state, hook, 0, ForwardInfo(GEOMETRY, 1, 4, 0.75)) is None  # warm-up
+
+
+def test_low_precision_attention_false_keeps_8bit_off(monkeypatch):
+    """A call carrying low_precision_attention=False runs the plan in bf16
+    even when the user chose 8-bit."""
+    from sparse_vdit.integration import sparse_patch
+
+    seen = []
+    real = sparse_patch.layer_attention
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs["precision"])
+        return real(*args, **dict(kwargs, precision="bf16"))
+    monkeypatch.setattr(sparse_patch, "layer_attention", spy)
+    p = SparsePatch(PLAN, INFO, PLAN.dense, backend="reference", precision="8-bit")
+    p(Func(), *qkv(), heads=HEADS, transformer_options=options())
+    p(Func(), *qkv(), heads=HEADS, transformer_options=options(), low_precision_attention=False)
+    assert seen == ["8-bit", "bf16"] and p.counts == {"sparse": 2}
