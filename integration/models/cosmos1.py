@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .base import ModelAdapter, has_class
+from .cosmos_predict2 import cosmos_shape
 
 
 @dataclass(frozen=True)
@@ -14,13 +15,12 @@ class Cosmos1Adapter(ModelAdapter):
     def recognise(cls, diffusion_model):
         if not has_class(diffusion_model, "GeneralDIT"):
             return None
-        blocks, heads, channels = (getattr(diffusion_model, a, None) for a in ("blocks", "num_heads", "model_channels"))
-        pt, ps = getattr(diffusion_model, "patch_temporal", None), getattr(diffusion_model, "patch_spatial", None)
-        if blocks is None or not heads or not channels or not pt or not ps:
+        shape = cosmos_shape(diffusion_model)
+        if shape is None:
             return None
+        blocks, heads, head_dim, patch = shape
         layers = sum(getattr(sub, "block_type", None) in ("fa", "full_attn")
                      for block in blocks.values() for sub in getattr(block, "blocks", ()))
         if not layers:
             return None
-        return cls("cosmos1", layers, int(heads), int(channels) // int(heads), (int(pt), int(ps), int(ps)),
-                   pads_to_patch=False)
+        return cls("cosmos1", layers, heads, head_dim, patch, pads_to_patch=False)

@@ -13,9 +13,18 @@ class CosmosPredict2Adapter(ModelAdapter):
     def recognise(cls, diffusion_model):
         if not has_class(diffusion_model, "MiniTrainDIT"):
             return None
-        blocks, heads, channels = (getattr(diffusion_model, a, None) for a in ("blocks", "num_heads", "model_channels"))
-        pt, ps = getattr(diffusion_model, "patch_temporal", None), getattr(diffusion_model, "patch_spatial", None)
-        if blocks is None or not heads or not channels or not pt or not ps:
+        shape = cosmos_shape(diffusion_model)
+        if shape is None:
             return None
-        return cls("cosmos_predict2", len(blocks), int(heads), int(channels) // int(heads),
-                   (int(pt), int(ps), int(ps)), pads_to_patch=False)
+        blocks, heads, head_dim, patch = shape
+        return cls("cosmos_predict2", len(blocks), heads, head_dim, patch, pads_to_patch=False)
+
+
+def cosmos_shape(diffusion_model):
+    """(blocks, heads, head_dim, patch) of a Cosmos model (both generations
+    keep these attribute names), or None."""
+    blocks, heads, channels = (getattr(diffusion_model, a, None) for a in ("blocks", "num_heads", "model_channels"))
+    pt, ps = getattr(diffusion_model, "patch_temporal", None), getattr(diffusion_model, "patch_spatial", None)
+    if blocks is None or not heads or not channels or not pt or not ps:
+        return None
+    return blocks, int(heads), int(channels) // int(heads), (int(pt), int(ps), int(ps))
