@@ -8,10 +8,10 @@ import logging
 from ..plans.format import DenseSchedule, Plan, PlanError
 from .model_info import ModelInfo, describe_model
 from .models import ADAPTERS
-
-SUPPORTED = ", ".join(adapter.__name__.removesuffix("Adapter") for adapter in ADAPTERS)
 from .sparse_patch import SparsePatch
 from .video_hook import OVERRIDE_KEY, VideoAttentionHook
+
+SUPPORTED = ", ".join(adapter.__name__.removesuffix("Adapter") for adapter in ADAPTERS)
 
 WRAPPER_KEY = "sparse_vdit"
 log = logging.getLogger("sparse_vdit")

@@ -108,7 +108,7 @@ class SparsePatch(VideoAttentionHook):
                               backend="triton" if self.backend == "auto" else self.backend,
                               precision=self.call_precision(call), full_heads_8bit=not chained)
         hidden = call.get("hidden")
-        if hidden is None or hidden[0] == hidden[1]:
+        if hidden is None:
             return out
         # Queries of padded text tokens: dense over the kept keys, as the mask
         # had it, put back where they were.

@@ -87,7 +87,7 @@ class VideoAttentionHook:
         (padded text: one run inside the text span)."""
         geometry, hidden = call["geometry"], call.get("hidden")
         qkv = (call["q"], call["k"], call["v"])
-        if hidden is None or hidden[0] == hidden[1]:
+        if hidden is None:
             return geometry, qkv
         start, end = hidden
         axis = 2 if call.get("skip_reshape") else 1
@@ -146,7 +146,8 @@ class VideoAttentionHook:
     def video_layer(self, call: dict, info: ForwardInfo | None, options: dict) -> int | None:
         """The layer of a video self-attention call this hook can take, else
         None. Sets call["geometry"] (the grid plus any extra and text tokens
-        of this call) and, for a padded-text mask, call["hidden"]."""
+        of this call) and, for a mask hiding padded text, call["hidden"]: the
+        (start, end) run of hidden keys, never empty."""
         q, k = call.get("q"), call.get("k")
         if info is None or not torch.is_tensor(q) or not torch.is_tensor(k) or call.get("heads") is None:
             return None
@@ -179,12 +180,14 @@ class VideoAttentionHook:
         if call.get("mask") is not None:
             hidden = hidden_key_run(call["mask"], q_len)
             span = tokens.text_span
-            if hidden is not None and hidden[0] < hidden[1] and (span is None or not span[0] <= hidden[0] < hidden[1] <= span[1]):
-                hidden = None  # it hides something other than padded text
+            if hidden is not None and hidden[0] < hidden[1]:
+                if span is None or not span[0] <= hidden[0] < hidden[1] <= span[1]:
+                    hidden = None  # it hides something other than padded text
+                else:
+                    call["hidden"] = hidden  # only a non-empty run is recorded
             if hidden is None:
                 self.log_once("mask", "this attention mask is not one the sparse path supports; masked calls run dense.")
                 return None
-            call["hidden"] = hidden
         if (heads, head_dim) != (self.model.heads, self.model.head_dim):
             self.log_once(f"shape:{heads}x{head_dim}", "a call with %d heads x %d does not fit %s; it runs dense.",
                           heads, head_dim, self.model.describe())

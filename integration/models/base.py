@@ -57,10 +57,6 @@ class ModelAdapter:
         """An adapter for this diffusion model, or None if it is not this family."""
         raise NotImplementedError
 
-    @property
-    def text_after_video(self) -> bool:
-        return self.text == "after"
-
     def describe(self) -> str:
         return f"{self.family}: {self.layers} layers x {self.heads} heads x head_dim {self.head_dim}"
 
