@@ -8,11 +8,12 @@ from .layer import CompiledLayer, LayerPattern, compile_layer
 from .multi_diagonal import MultiDiagonal
 from .registry import PATTERNS, pattern_from_dict
 from .skip import Skip
-from .tables import DEFAULT_BLOCK_M, DEFAULT_BLOCK_N, BlockTable, build_block_table, pattern_block_mask
+from .tables import (DEFAULT_BLOCK_M, DEFAULT_BLOCK_N, BlockTable, build_block_table, pattern_block_mask,
+                     table_from_block_mask)
 from .vertical_stripe import VerticalStripe
 
 __all__ = [
     "Pattern", "PatternError", "Full", "Skip", "Diagonal", "MultiDiagonal", "VerticalStripe",
     "Geometry", "LayerPattern", "CompiledLayer", "compile_layer", "PATTERNS", "pattern_from_dict",
-    "BlockTable", "build_block_table", "pattern_block_mask", "DEFAULT_BLOCK_M", "DEFAULT_BLOCK_N",
+    "BlockTable", "build_block_table", "pattern_block_mask", "table_from_block_mask", "DEFAULT_BLOCK_M", "DEFAULT_BLOCK_N",
 ]

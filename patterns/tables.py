@@ -117,12 +117,22 @@ def build_block_table(patterns: Sequence[Pattern], heads: Sequence[int], geometr
         if pattern not in per_pattern:
             per_pattern[pattern] = pattern_block_mask(pattern, geometry, block_m, block_n)
         masks.append(per_pattern[pattern])
-    stacked = torch.stack(masks)  # [heads, n_q_blocks, n_k_blocks]
+    return table_from_block_mask(torch.stack(masks), heads, geometry.seq_len, block_m, block_n)
+
+
+def table_from_block_mask(stacked: torch.Tensor, heads: Sequence[int], seq_len: int,
+                          block_m: int = DEFAULT_BLOCK_M, block_n: int = DEFAULT_BLOCK_N) -> BlockTable:
+    """A table from a bool block mask [heads, n_q_blocks, n_k_blocks] (any
+    block-level mask, such as a static baseline's)."""
+    expected = (len(heads), _blocks(seq_len, block_m), _blocks(seq_len, block_n))
+    if tuple(stacked.shape) != expected or stacked.dtype != torch.bool:
+        raise ValueError(f"block mask must be bool {expected}, got {stacked.dtype} {tuple(stacked.shape)}")
+    stacked = stacked.cpu()
     counts = stacked.sum(-1).flatten()
     offsets = torch.zeros(counts.numel() + 1, dtype=torch.int64)
     offsets[1:] = counts.cumsum(0)
     indices = stacked.flatten(0, 1).nonzero()[:, 1]  # row-major: ascending per row
     if offsets[-1] >= 2**31:
         raise ValueError("block table too large for int32 offsets")
-    return BlockTable(tuple(int(h) for h in heads), geometry.seq_len, block_m, block_n,
+    return BlockTable(tuple(int(h) for h in heads), seq_len, block_m, block_n,
                       offsets.to(torch.int32), indices.to(torch.int32), int(counts.max()))

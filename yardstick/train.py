@@ -10,14 +10,24 @@ this script trains (MSE on v). Sigmas are drawn as u ~ U(0, 1) pushed through
 ComfyUI's shift (time_snr_shift) with shift 3, so high noise levels, where
 Wan's shift-8 sampling spends most steps, are well covered.
 
-Data: yardstick/ys_data.py procedural latent videos [16, 8, 32, 32] (2048
-tokens), one of 8 conditioning embeddings per sample (the class).
+Data: yardstick/ys_data.py procedural latent videos at the size's latent
+shape (tiny [16, 8, 32, 32] = 2,048 tokens; video [16, 13, 64, 64] = 13,312
+tokens), one of 8 conditioning embeddings per sample (the class); with
+--uncond-p, that share of samples gets the empty (all-zero) prompt, so the
+model also learns the unconditional branch that cfg > 1 samples with.
 
-    python yardstick/train.py --comfyui /path/to/ComfyUI --out DIR [--steps N | --budget-s 360]
+    python yardstick/train.py --comfyui /path/to/ComfyUI --out DIR [--size video] [--steps N | --budget-s 360]
 
 Deterministic from --seed for a given --steps (with --steps 0 the step count
 is fitted to --budget-s after 30 timed steps and recorded). AdamW, bf16
 autocast on CUDA, EMA of the weights (the EMA is what is saved).
+
+Resumable: every --checkpoint-every-s the whole training state (weights,
+EMA, optimizer, step, loss log) is saved to OUT/checkpoint in shards of at
+most 16 MiB (ys_checkpoint.py); --resume continues from it, with the same
+schedule. A run stops, checkpointed, once --stop-after-s has passed; each
+batch is drawn from (seed, step) alone, so a resumed run draws the batches
+the uninterrupted run would have.
 """
 from __future__ import annotations
 
@@ -34,8 +44,10 @@ import torch
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
+import ys_checkpoint as ckpt  # noqa: E402
 import ys_data as data  # noqa: E402
 import ys_model as ymodel  # noqa: E402
+from ys_sizes import size_named  # noqa: E402
 
 
 def shifted(u: torch.Tensor, shift: float) -> torch.Tensor:
@@ -49,15 +61,34 @@ def lr_at(step: int, total: int, base: float, warmup: int) -> float:
     return base * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * p)))
 
 
-def batch_inputs(step: int, args, cond, device):
+def batch_inputs(step: int, args, cond, device, latent):
     g = torch.Generator().manual_seed(args.seed * 1_000_003 + step)
     classes = torch.randint(0, data.NUM_CLASSES, (args.batch,), generator=g)
-    x0 = data.make_batch(classes.tolist(), seed=args.seed * 7_777_777 + step, device=device)
+    x0 = data.make_batch(classes.tolist(), seed=args.seed * 7_777_777 + step, device=device,
+                         frames=latent[0], height=latent[1], width=latent[2])
     noise = torch.randn(x0.shape, generator=g).to(device)
     u = torch.rand(args.batch, generator=g)
     sigma = shifted(u, args.train_shift).clamp(1e-3, 1.0).to(device)
-    context = cond[classes].to(device)
-    return x0, noise, sigma, context
+    context = cond[classes]
+    if args.uncond_p > 0:  # drawn last: with --uncond-p 0 the batches are those of earlier runs
+        empty = torch.rand(args.batch, generator=g) < args.uncond_p
+        context = torch.where(empty.view(-1, 1, 1), torch.zeros_like(context), context)
+    return x0, noise, sigma, context.to(device)
+
+
+def differentiable_rope(x: torch.Tensor, freqs: torch.Tensor) -> torch.Tensor:
+    """Rotary embedding with freqs [..., D/2, 2, 2] rotation matrices (ComfyUI's
+    layout), in plain torch ops: ComfyUI binds comfy-kitchen's fused rope when
+    that package is installed, and it has no backward."""
+    pairs = x.to(freqs.dtype).reshape(*x.shape[:-1], -1, 1, 2)
+    out = freqs[..., 0] * pairs[..., 0] + freqs[..., 1] * pairs[..., 1]
+    return out.reshape(*x.shape).type_as(x)
+
+
+def use_differentiable_rope() -> None:
+    import comfy.ldm.wan.model as wan
+
+    wan.apply_rope1 = differentiable_rope
 
 
 def v_loss(net, x0, noise, sigma, context, device):
@@ -69,20 +100,44 @@ def v_loss(net, x0, noise, sigma, context, device):
 
 
 @torch.no_grad()
-def evaluate(net, cond, device, seed=999, n=32):
-    """v-loss per sigma on a fixed batch; and at sigma 0.9 with shuffled prompts."""
+def evaluate(net, cond, device, latent, seed=999, n=32, chunk=8):
+    """v-loss per sigma on a fixed batch; at sigma 0.9 with shuffled prompts and with the empty prompt."""
     g = torch.Generator().manual_seed(seed)
     classes = [i % data.NUM_CLASSES for i in range(n)]
-    x0 = data.make_batch(classes, seed=seed, device=device)
+    x0 = data.make_batch(classes, seed=seed, device=device, frames=latent[0], height=latent[1], width=latent[2])
     noise = torch.randn(x0.shape, generator=g).to(device)
     ctx = cond[classes].to(device)
-    out = {}
-    for s in (0.1, 0.3, 0.5, 0.7, 0.9, 0.97):
-        sig = torch.full((n,), s, device=device)
-        out[f"sigma_{s}"] = float(v_loss(net, x0, noise, sig, ctx, device))
-    wrong = cond[[(c + 1) % data.NUM_CLASSES for c in classes]].to(device)
-    out["sigma_0.9_wrong_prompt"] = float(v_loss(net, x0, noise, torch.full((n,), 0.9, device=device), wrong, device))
+
+    def loss(sigma, context):
+        parts = [v_loss(net, x0[i:i + chunk], noise[i:i + chunk], torch.full((len(x0[i:i + chunk]),), sigma,
+                 device=device), context[i:i + chunk], device) for i in range(0, n, chunk)]
+        return float(sum(parts) / len(parts))
+
+    out = {f"sigma_{s}": loss(s, ctx) for s in (0.1, 0.3, 0.5, 0.7, 0.9, 0.97)}
+    out["sigma_0.9_wrong_prompt"] = loss(0.9, cond[[(c + 1) % data.NUM_CLASSES for c in classes]].to(device))
+    out["sigma_0.9_empty_prompt"] = loss(0.9, torch.zeros_like(ctx))
     return out
+
+
+def training_state(net, ema, opt, step: int, total: int, log: list, meta: dict) -> tuple[dict, dict]:
+    tensors = {f"net.{k}": v for k, v in net.state_dict().items()}
+    tensors.update({f"ema.{k}": v for k, v in ema.state_dict().items()})
+    state = opt.state_dict()
+    for i, per_param in state["state"].items():
+        tensors.update({f"opt.{i}.{k}": v for k, v in per_param.items()})
+    info = {"step": step, "total": total, "log": log, "meta": meta, "param_groups": state["param_groups"]}
+    return tensors, info
+
+
+def restore_state(tensors: dict, info: dict, net, ema, opt) -> None:
+    net.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("net.")})
+    ema.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("ema.")})
+    per_param: dict[int, dict] = {}
+    for k, v in tensors.items():
+        if k.startswith("opt."):
+            _, i, key = k.split(".", 2)
+            per_param.setdefault(int(i), {})[key] = v
+    opt.load_state_dict({"state": per_param, "param_groups": info["param_groups"]})
 
 
 def main():
@@ -98,40 +153,69 @@ def main():
     ap.add_argument("--ema", type=float, default=0.998)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    ap.add_argument("--save-every-s", type=float, default=90.0)
+    ap.add_argument("--size", default="tiny", help="tiny (2,048 tokens) or video (13,312 tokens)")
+    ap.add_argument("--uncond-p", type=float, default=0.0, help="share of samples trained with the empty prompt")
+    ap.add_argument("--checkpoint-every-s", type=float, default=90.0)
+    ap.add_argument("--stop-after-s", type=float, default=0.0, help="checkpoint and stop after this much wall time")
+    ap.add_argument("--stop-at-step", type=int, default=0, help="checkpoint and stop at this step (for tests)")
+    ap.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint")
     args = ap.parse_args()
+    size = size_named(args.size)
 
     t_start = time.perf_counter()
     device = torch.device(args.device)
     ymodel.import_comfy(args.comfyui, cpu=device.type == "cpu")
+    use_differentiable_rope()
     torch.manual_seed(args.seed)
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
     os.makedirs(args.out, exist_ok=True)
-    net = ymodel.build_model(device="cpu", dtype=torch.float32, seed=args.seed).to(device).train()
+    net = ymodel.build_model(device="cpu", dtype=torch.float32, seed=args.seed, size=size).to(device).train()
     ema = copy.deepcopy(net).eval().requires_grad_(False)
-    cond = ymodel.conditioning()
+    cond = ymodel.conditioning(size)
     decay, no_decay = [], []
     for n_, p in net.named_parameters():
         (decay if p.ndim >= 2 else no_decay).append(p)
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.01}, {"params": no_decay, "weight_decay": 0.0}],
                             lr=args.lr, betas=(0.9, 0.99), eps=1e-8)
     card = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
-    meta = dict(config={k: list(v) if isinstance(v, tuple) else v for k, v in ymodel.CONFIG.items()},
+    meta = dict(size=size.name, config={k: list(v) if isinstance(v, tuple) else v for k, v in size.config.items()},
                 params=ymodel.param_count(net), card=card, seed=args.seed, batch=args.batch, lr=args.lr,
-                warmup=args.warmup, train_shift=args.train_shift, ema=args.ema, torch=torch.__version__,
-                data=dict(frames=data.FRAMES, height=data.HEIGHT, width=data.WIDTH, classes=data.NUM_CLASSES,
-                          text_len=ymodel.TEXT_LEN))
+                warmup=args.warmup, train_shift=args.train_shift, ema=args.ema, uncond_p=args.uncond_p,
+                torch=torch.__version__,
+                data=dict(frames=size.latent[0], height=size.latent[1], width=size.latent[2],
+                          tokens=size.tokens, classes=data.NUM_CLASSES, text_len=size.text_len))
+    total = args.steps if args.steps > 0 else 10 ** 9
+    log, acc, acc_n, step, runs = [], 0.0, 0, 0, []
+    checkpoint = os.path.join(args.out, "checkpoint")
+    if args.resume:
+        if not ckpt.has_checkpoint(checkpoint):
+            raise SystemExit(f"--resume: no checkpoint in {checkpoint}")
+        tensors, info = ckpt.load_checkpoint(checkpoint)
+        restore_state(tensors, info, net, ema, opt)
+        step, total, log = info["step"], info["total"], info["log"]
+        runs = info["meta"].get("runs", [])
+        meta = {**info["meta"], "card": card, "torch": torch.__version__}
+        print(f"resumed at step {step} of {total}", flush=True)
     print(json.dumps(meta), flush=True)
 
-    total = args.steps if args.steps > 0 else 10 ** 9
-    log, acc, acc_n = [], 0.0, 0
+    def save_checkpoint():
+        tensors, info = training_state(net, ema, opt, step, total, log, {**meta, "runs": runs + [this_run()]})
+        ckpt.save_checkpoint(checkpoint, tensors, info)
+
+    def this_run():
+        return dict(card=card, from_step=first_step, to_step=step, seconds=round(time.perf_counter() - t_train, 1))
+
+    first_step = step
     t_train = time.perf_counter()
     last_save = t_train
-    step = 0
+    stopped = False
     while step < total:
-        x0, noise, sigma, ctx = batch_inputs(step, args, cond, device)
+        if (args.stop_after_s > 0 and time.perf_counter() - t_start > args.stop_after_s) or step == args.stop_at_step > 0:
+            stopped = True
+            break
+        x0, noise, sigma, ctx = batch_inputs(step, args, cond, device, size.latent)
         lr = lr_at(step, total if total < 10 ** 9 else 10 ** 6, args.lr, args.warmup)
         for grp in opt.param_groups:
             grp["lr"] = lr
@@ -151,7 +235,7 @@ def main():
             if device.type == "cuda":
                 torch.cuda.synchronize()
             t10 = time.perf_counter()
-        if args.steps <= 0 and step == 30:
+        if args.steps <= 0 and step == 30 and not args.resume:
             if device.type == "cuda":
                 torch.cuda.synchronize()
             per_step = (time.perf_counter() - t10) / 20
@@ -165,18 +249,22 @@ def main():
             log.append(dict(step=step, loss=acc / acc_n, lr=lr, grad_norm=float(gn), seconds=round(el, 2)))
             print(f"step {step:5d}/{total} loss {acc / acc_n:.4f} lr {lr:.2e} gn {float(gn):.2f} {el:.0f}s", flush=True)
             acc, acc_n = 0.0, 0
-        if time.perf_counter() - last_save > args.save_every_s and step < total:
-            ymodel.save_weights(ema, os.path.join(args.out, "wan_tiny_yardstick.safetensors"),
-                                metadata={**meta, "steps_done": step, "partial": True})
+        if time.perf_counter() - last_save > args.checkpoint_every_s and step < total:
+            save_checkpoint()
             last_save = time.perf_counter()
 
-    train_s = time.perf_counter() - t_train
-    meta.update(steps=step, train_seconds=round(train_s, 1))
-    ev = {"ema": evaluate(ema, cond, device), "raw": evaluate(net.eval(), cond, device)}
+    save_checkpoint()
+    if stopped:
+        print(f"stopped at step {step} of {total}: run again with --resume", flush=True)
+        return
+    runs = runs + [this_run()]
+    train_s = sum(r["seconds"] for r in runs)
+    meta.update(steps=step, train_seconds=round(train_s, 1), runs=runs)
+    ev = {"ema": evaluate(ema, cond, device, size.latent), "raw": evaluate(net.eval(), cond, device, size.latent)}
     meta["eval_v_loss"] = ev
     meta["wall_seconds"] = round(time.perf_counter() - t_start, 1)
-    ymodel.save_weights(ema, os.path.join(args.out, "wan_tiny_yardstick.safetensors"), metadata=meta)
-    with open(os.path.join(args.out, "yardstick_training.json"), "w") as f:
+    ymodel.save_weights(ema, os.path.join(args.out, size.weights), metadata=meta)
+    with open(os.path.join(args.out, f"yardstick_{size.name}_training.json"), "w") as f:
         json.dump({**meta, "loss_curve": log}, f, indent=1)
     print(json.dumps(ev), flush=True)
     print(f"done: {step} steps in {train_s:.0f}s, wall {meta['wall_seconds']}s", flush=True)

@@ -18,12 +18,13 @@ sys.path.insert(0, os.path.join(REPO, "tests"))
 
 import ys_data as data  # noqa: E402
 import ys_model as ymodel  # noqa: E402
+from ys_sizes import TINY, YardstickSize  # noqa: E402
 
 CALIB_CLASSES = (0, 1, 2, 3)    # calibration prompts
 HELDOUT_CLASSES = (4, 5, 6, 7)  # evaluation prompts (never seen by calibration)
 STEPS, SAMPLER, SCHEDULER, CFG = 20, "euler", "simple", 1.0
 WARMUP = 0.2  # dense warm-up share of the steps (the pack's default)
-GEOMETRY_LATENT = (data.FRAMES, data.HEIGHT, data.WIDTH)
+GEOMETRY_LATENT = TINY.latent
 
 
 def setup(comfyui: str | None = None):
@@ -32,43 +33,46 @@ def setup(comfyui: str | None = None):
     return ymodel.load_patcher()
 
 
-def conds(classes):
-    """(positive, negative) for a batch of prompts; cfg 1 never evaluates negative."""
-    c = ymodel.conditioning()[list(classes)]
+def conds(classes, size: YardstickSize = TINY):
+    """(positive, negative) for a batch of prompts; the negative is the empty
+    (all-zero) prompt; cfg 1 never evaluates it."""
+    c = ymodel.conditioning(size)[list(classes)]
     return [[c.clone(), {}]], [[torch.zeros_like(c), {}]]
 
 
-def generate(patcher, classes, seed: int, steps: int = STEPS) -> torch.Tensor:
+def generate(patcher, classes, seed: int, steps: int = STEPS, size: YardstickSize = TINY,
+             cfg: float = CFG) -> torch.Tensor:
     """ComfyUI sampling (comfy.sample.sample, as KSampler does); returns the
     latent in the model's space ([B, 16, T, H, W], data range about [-1, 1])."""
     import comfy_harness as H
 
-    pos, neg = conds(classes)
-    latent = torch.zeros(len(classes), data.CHANNELS, *GEOMETRY_LATENT)
-    out = H.sample(patcher, pos, neg, latent, seed=seed, steps=steps, cfg=CFG, sampler=SAMPLER, scheduler=SCHEDULER)
+    pos, neg = conds(classes, size)
+    latent = torch.zeros(len(classes), data.CHANNELS, *size.latent)
+    out = H.sample(patcher, pos, neg, latent, seed=seed, steps=steps, cfg=cfg, sampler=SAMPLER, scheduler=SCHEDULER)
     return patcher.model.process_latent_in(out)
 
 
 def calibrate(patcher, folder: str, name: str = "yardstick", classes=CALIB_CLASSES, seed: int = 100,
               steps: int = STEPS, eps: float = 1.0, lam: float = 0.5, probe_steps: int = 3,
-              query_fraction: float = 0.5, menu: str = "wide"):
+              query_fraction: float = 0.5, menu: str = "wide", size: YardstickSize = TINY, cfg: float = CFG,
+              precision: str = "bf16"):
     """One dense calibration run (a batch of the calibration prompts) through
     ``integration.calibrate.calibrate``; returns its CalibrationResult."""
     import comfy_harness as H
     from sparse_vdit.integration.calibrate import calibrate as run
 
-    pos, neg = conds(classes)
-    latent = torch.zeros(len(classes), data.CHANNELS, *GEOMETRY_LATENT)
+    pos, neg = conds(classes, size)
+    latent = torch.zeros(len(classes), data.CHANNELS, *size.latent)
 
     def sample(model):
-        return H.sample(model, pos, neg, latent, seed=seed, steps=steps, cfg=CFG, sampler=SAMPLER,
+        return H.sample(model, pos, neg, latent, seed=seed, steps=steps, cfg=cfg, sampler=SAMPLER,
                         scheduler=SCHEDULER)
 
     os.makedirs(folder, exist_ok=True)
     return run(patcher, sample, plan_name=name, folder=folder, lam=lam, eps=eps, probe_steps=probe_steps,
-               query_fraction=query_fraction, menu=menu, warmup=WARMUP,
-               settings={"steps": steps, "sampler": SAMPLER, "scheduler": SCHEDULER, "cfg": CFG,
-                         "prompts": list(classes), "seed": seed})
+               query_fraction=query_fraction, menu=menu, warmup=WARMUP, precision=precision,
+               settings={"steps": steps, "sampler": SAMPLER, "scheduler": SCHEDULER, "cfg": cfg,
+                         "prompts": list(classes), "seed": seed, "yardstick": size.name})
 
 
 def saved_or_calibrated(patcher, folder: str, name: str, **kwargs):
@@ -115,18 +119,17 @@ def ssim(x: torch.Tensor, ref: torch.Tensor, data_range: float = 2.0) -> torch.T
     return s.reshape(b, -1).mean(1)
 
 
-def token_geometry():
+def token_geometry(size: YardstickSize = TINY):
     from sparse_vdit.patterns import Geometry
 
-    t, h, w = GEOMETRY_LATENT
-    return Geometry(t, h // 2, w // 2)
+    return Geometry(*size.grid)
 
 
-def plan_density(plan, steps: int = STEPS, warmup: float = WARMUP) -> float:
+def plan_density(plan, steps: int = STEPS, warmup: float = WARMUP, size: YardstickSize = TINY) -> float:
     """Mean block density over the sparse steps (each step's own range)."""
     from sparse_vdit.patterns import compile_layer
 
-    g = token_geometry()
+    g = token_geometry(size)
     from sparse_vdit.plans.format import DenseSchedule
 
     sparse_steps = range(DenseSchedule(warmup).first_sparse_step(steps), steps)

@@ -22,10 +22,11 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 WEIGHTS = os.path.join(HERE, "wan_tiny_yardstick.safetensors")
 
-CONFIG = dict(model_type="t2v", patch_size=(1, 2, 2), in_dim=16, out_dim=16, dim=256, ffn_dim=768, freq_dim=256,
-              text_dim=4096, num_heads=2, num_layers=6, window_size=(-1, -1), qk_norm=True, cross_attn_norm=True,
-              eps=1e-6)
-TEXT_LEN = 16
+sys.path.insert(0, HERE)
+from ys_sizes import TINY, YardstickSize  # noqa: E402
+
+CONFIG = TINY.config
+TEXT_LEN = TINY.text_len
 SHIFT = 8.0  # ComfyUI's WAN21_T2V sampling shift (supported_models.py)
 
 
@@ -61,22 +62,25 @@ def import_comfy(path: str | None = None, cpu: bool = True):
     return sys.modules["comfy"]
 
 
-def build_model(device="cpu", dtype=torch.float32, seed: int = 0):
-    """A freshly initialised ``comfy.ldm.wan.model.WanModel`` at CONFIG."""
+def weights_path(size: YardstickSize = TINY) -> str:
+    return os.path.join(HERE, size.weights)
+
+
+def build_model(device="cpu", dtype=torch.float32, seed: int = 0, size: YardstickSize = TINY):
+    """A freshly initialised ``comfy.ldm.wan.model.WanModel`` of ``size``."""
     import comfy.ldm.wan.model as wan
     import comfy.ops
 
-    model = wan.WanModel(**CONFIG, device=device, dtype=dtype, operations=comfy.ops.disable_weight_init)
-    init_weights(model, seed)
+    model = wan.WanModel(**size.config, device=device, dtype=dtype, operations=comfy.ops.disable_weight_init)
+    init_weights(model, seed, dim=size.config["dim"])
     return model
 
 
 @torch.no_grad()
-def init_weights(model, seed: int = 0) -> None:
+def init_weights(model, seed: int = 0, dim: int = CONFIG["dim"]) -> None:
     """Wan-style init: xavier linears/conv, zero biases, unit norms,
     modulation ~ N(0, 1/dim), zero output head. Deterministic in ``seed``."""
     g = torch.Generator().manual_seed(int(seed))
-    dim = CONFIG["dim"]
     for name, p in sorted(model.named_parameters()):
         if name.endswith("modulation"):
             val = torch.randn(p.shape, generator=g) / dim ** 0.5
@@ -136,9 +140,8 @@ def load_patcher(path: str = WEIGHTS, dtype=torch.float32):
     return patcher
 
 
-def conditioning():
-    """The stand-in prompts [8, TEXT_LEN, 4096] (see data.conditioning)."""
-    sys.path.insert(0, HERE)
+def conditioning(size: YardstickSize = TINY):
+    """The stand-in prompts [8, text_len, 4096] (see data.conditioning)."""
     import ys_data as data
 
-    return data.conditioning(text_len=TEXT_LEN, text_dim=CONFIG["text_dim"])
+    return data.conditioning(text_len=size.text_len, text_dim=size.config["text_dim"])

@@ -1,0 +1,388 @@
+"""Head-to-head on the video yardstick: quality at measured speed, in one run.
+
+Every method a ComfyUI user could put on this model, on held-out prompts and
+seeds (calibration sees prompts 0-3 only; the comparison uses 4-7), 20 euler
+steps, cfg 3 (so B = 2: cond + uncond in one batch), the same dense warm-up
+for every sparse method (the first 20% of the steps, as both our Patch node
+and core's node default to):
+
+  dense            ComfyUI's attention (PyTorch SDPA: cuDNN / flash on the GPU)
+  ours             plans calibrated on prompts 0-3 (the pack's Calibrate glue,
+                   kernel costs measured on this card), solved for several
+                   attention speedups, one step range and "auto" ranges; bf16
+                   and 8-bit
+  sol-attn / sla   ComfyUI core's sparse node ("Model Sparse Attention") on
+                   comfy-kitchen's kernel, installed as that node installs
+                   itself (tests/core_sparse_standin.py, hook placement
+                   written from its source; min_tokens 12,288, extra_tokens
+                   256, head_dim 128), the real kernel, our warm-up as its
+                   start sigma
+  radial / window  static masks at the density of our plans (static_masks.py)
+                   through our kernel
+  ours + sol-attn  our plan on top of core's node: our full heads go down
+                   the chain to Sol-Attn
+
+Per configuration: measured self-attention time per step (CUDA events around
+each self-attention call: the whole override chain, not predicted), measured
+step time, peak memory, PSNR / SSIM against dense per (prompt, seed) on the
+latents (mean and worst), and one picture strip.
+
+    python yardstick/head_to_head.py --comfyui PATH --kitchen PATH --out DIR
+    python yardstick/head_to_head.py --size tiny --device cpu --steps 3 ...   (a CPU smoke run)
+
+Prints its table last; writes DIR/head_to_head.json, DIR/head_to_head_strips.png,
+the calibration statistics and the census.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics as pystats
+import sys
+import time
+
+import torch
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+
+import ys_common as common  # noqa: E402
+import ys_model as ymodel  # noqa: E402
+from ys_sizes import size_named  # noqa: E402
+
+CFG = 3.0
+EXTRA_TOKENS = 256       # core node's extra_tokens default
+CORE_MIN_TOKENS = 12288  # core node's min_tokens default
+SOL_TAUS = (1.0, 1.3, 1.6, 2.0)
+SLA_KEEP = (10.0, 20.0, 30.0)
+STRIP_FRAMES = 4
+
+
+class AttentionTimer:
+    """CUDA events around every self-attention call of Wan's blocks, by step.
+
+    Wraps ``comfy.ldm.wan.model.optimized_attention`` (what WanSelfAttention
+    calls, overrides included); a call whose keys are as long as its queries
+    is self-attention (cross-attention keys are the text)."""
+
+    def __init__(self, sigmas: list[float], device):
+        import comfy.ldm.wan.model as wan
+
+        self.wan, self.original = wan, wan.optimized_attention
+        self.sigmas, self.cuda = sigmas, device.type == "cuda"
+        self.events: list[tuple[int, object, object]] = []
+        self.cpu_ms: list[tuple[int, float]] = []
+
+        def timed(q, k, v, *args, **kwargs):
+            if k.shape[1] != q.shape[1]:
+                return self.original(q, k, v, *args, **kwargs)
+            step = self.step_of(kwargs.get("transformer_options") or {})
+            if self.cuda:
+                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                start.record()
+                out = self.original(q, k, v, *args, **kwargs)
+                end.record()
+                self.events.append((step, start, end))
+                return out
+            t = time.perf_counter()
+            out = self.original(q, k, v, *args, **kwargs)
+            self.cpu_ms.append((step, 1000 * (time.perf_counter() - t)))
+            return out
+
+        wan.optimized_attention = timed
+
+    def step_of(self, options) -> int:
+        sig = options.get("sigmas")
+        if sig is None:
+            return -1
+        s = float(sig[0])
+        return min(range(len(self.sigmas) - 1), key=lambda i: abs(self.sigmas[i] - s))
+
+    def reset(self):
+        self.events, self.cpu_ms = [], []
+
+    def per_step_ms(self) -> dict[int, float]:
+        if self.cuda:
+            torch.cuda.synchronize()
+            pairs = [(s, a.elapsed_time(b)) for s, a, b in self.events]
+        else:
+            pairs = self.cpu_ms
+        out: dict[int, float] = {}
+        for s, ms in pairs:
+            out[s] = out.get(s, 0.0) + ms
+        return out
+
+
+def sol_kernel(kitchen, tau: float = 1.3, keep_percent: float = 0.0):
+    """Core node's kernel call for [B, H, L, D] tensors (it takes B, T, H, D)."""
+    def run(q, k, v):
+        out = kitchen.sol_attn(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), tau=tau,
+                               topk_ratio=keep_percent / 100.0, token_aug=EXTRA_TOKENS)
+        return out.transpose(1, 2)
+    return run
+
+
+def static_kernel(table, backend: str):
+    """Our block-sparse kernel over one static block table (every head)."""
+    from sparse_vdit.kernels.reference import reference_sparse_attention
+
+    def run(q, k, v):
+        q4, k4, v4 = (t.transpose(1, 2) for t in (q, k, v))  # [B, L, H, D]
+        if backend == "triton":
+            from sparse_vdit.kernels import triton_backend
+
+            out = torch.empty_like(q4)
+            triton_backend.run(q4, k4, v4, out, table)
+        else:
+            out = reference_sparse_attention(q4, k4, v4, table)
+        return out.transpose(1, 2)
+    return run
+
+
+def latent_rgb(latent: torch.Tensor) -> torch.Tensor:
+    """A fixed linear map of the 16 latent channels to 3 maps: the
+    pseudo-inverse of the data's shared channel mixture (ys_data.class_mixing,
+    seed 12345), rows 0-2 = background, object mask, object texture.
+    [16, T, H, W] -> [3, T, H, W] in about [-1, 1]."""
+    import ys_data as data
+
+    shared = torch.Generator().manual_seed(12345)
+    a = 0.5 * torch.randn(data.CHANNELS, data.N_MAPS, generator=shared)
+    to_maps = torch.linalg.pinv(a)[:3]  # [3, 16]
+    x = torch.atanh(latent.float().clamp(-0.999, 0.999) ) / 0.9
+    return torch.einsum("mc,cthw->mthw", to_maps, x).clamp(-1.5, 1.5) / 1.5
+
+
+def strips_image(rows: list[tuple[str, torch.Tensor]], scale: int = 2):
+    from PIL import Image, ImageDraw
+
+    label_w = 260
+    tiles = []
+    for label, lat in rows:
+        rgb = latent_rgb(lat)
+        t = rgb.shape[1]
+        frames = sorted({round(i * (t - 1) / (STRIP_FRAMES - 1)) for i in range(STRIP_FRAMES)})
+        strip = torch.cat([rgb[:, f] for f in frames], dim=2)  # [3, H, F*W]
+        tiles.append((label, ((strip + 1) * 127.5).clamp(0, 255).to(torch.uint8).permute(1, 2, 0).numpy()))
+    h, w = tiles[0][1].shape[:2]
+    image = Image.new("RGB", (label_w + w * scale, h * scale * len(tiles)), "white")
+    draw = ImageDraw.Draw(image)
+    for i, (label, arr) in enumerate(tiles):
+        image.paste(Image.fromarray(arr).resize((w * scale, h * scale), Image.NEAREST), (label_w, i * h * scale))
+        draw.text((6, i * h * scale + h * scale // 2 - 6), label, fill="black")
+    return image
+
+
+def env_info(device, kitchen_version) -> dict:
+    info = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+            "torch": torch.__version__, "comfy_kitchen": kitchen_version}
+    try:
+        import triton
+        info["triton"] = triton.__version__
+    except ImportError:
+        info["triton"] = None
+    try:
+        import comfyui_version
+        info["comfyui"] = comfyui_version.__version__
+    except ImportError:
+        info["comfyui"] = None
+    return info
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--comfyui", default=os.environ.get("COMFYUI_PATH"))
+    ap.add_argument("--kitchen", default=None, help="folder holding the unpacked comfy_kitchen package")
+    ap.add_argument("--kitchen-version", default="0.2.40")
+    ap.add_argument("--weights", default=None, help="the yardstick weights (default: the committed file)")
+    ap.add_argument("--size", default="video")
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--steps", type=int, default=common.STEPS)
+    ap.add_argument("--seeds", type=int, default=2, help="seeds per held-out prompt")
+    ap.add_argument("--prompts", default="4,5,6,7")
+    ap.add_argument("--targets", default="1.5,2,2.5,3")
+    ap.add_argument("--targets-8bit", default="2,3")
+    ap.add_argument("--probe-steps", type=int, default=3)
+    ap.add_argument("--query-fraction", type=float, default=0.25)
+    args = ap.parse_args()
+
+    size = size_named(args.size)
+    device = torch.device(args.device)
+    ymodel.import_comfy(args.comfyui, cpu=device.type == "cpu")
+    import comfy.samplers
+    import comfy_harness  # noqa: F401  (tests/ is on the path through ys_common)
+    from core_sparse_standin import apply_core_sparse_standin
+    from sparse_vdit.integration.install import apply_plan
+    from sparse_vdit.patterns import table_from_block_mask
+    from sparse_vdit.plans.format import DenseSchedule, plan_to_dict
+    from sparse_vdit.plans.search import solve_plan
+    from static_masks import mask_at_density
+
+    kitchen, kitchen_version = None, None
+    if args.kitchen and device.type == "cuda":
+        sys.path.insert(0, args.kitchen)
+        try:
+            import comfy_kitchen as kitchen
+            kitchen_version = getattr(kitchen, "__version__", None) or args.kitchen_version
+            if not kitchen.sol_attn_is_available(device):
+                print("comfy-kitchen loaded, but Sol-Attn is not available on this card")
+                kitchen = None
+        except Exception as error:  # the benchmark still runs the other methods
+            print(f"comfy-kitchen did not load: {error}")
+            kitchen = None
+    os.makedirs(args.out, exist_ok=True)
+    weights = args.weights or ymodel.weights_path(size)
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    patcher = ymodel.load_patcher(weights, dtype=dtype)
+    backend = "triton" if device.type == "cuda" else "reference"
+    prompts = [int(p) for p in args.prompts.split(",")]
+    runs = [(p, 1000 + s) for p in prompts for s in range(args.seeds)]
+
+    model_sampling = patcher.get_model_object("model_sampling")
+    sigmas = [float(s) for s in comfy.samplers.calculate_sigmas(model_sampling, common.SCHEDULER, args.steps)]
+    first_sparse = DenseSchedule(common.WARMUP).first_sparse_step(args.steps)
+    sigma_start = sigmas[first_sparse]
+    core_default_sigma = float(model_sampling.percent_to_sigma(0.2))
+    core_default_dense_steps = sum(1 for s in sigmas[:-1] if s > core_default_sigma)
+    timer = AttentionTimer(sigmas, device)
+
+    # 1. calibration on the calibration prompts only
+    work = os.path.join(args.out, "calibration")
+    shutil.rmtree(work, ignore_errors=True)
+    t0 = time.perf_counter()
+    result = common.calibrate(patcher, work, name=f"yardstick-{size.name}", classes=common.CALIB_CLASSES, seed=100,
+                              steps=args.steps, probe_steps=args.probe_steps, query_fraction=args.query_fraction,
+                              menu="wide", size=size, cfg=CFG)
+    calib_seconds = time.perf_counter() - t0
+    stats = result.statistics
+    print(f"calibrated in {calib_seconds:.1f}s, cost source {stats.cost_source}", flush=True)
+
+    configs = [("dense", "dense", "", lambda: patcher, None)]
+    plans = {}
+    for target in [float(t) for t in args.targets.split(",")]:
+        for ranges in (1, "auto"):
+            plan = solve_plan(stats, target_speedup=target, name=f"ours {target:g}x", step_ranges=ranges)
+            density = common.plan_density(plan, steps=args.steps, size=size)
+            label = f"ours {target:g}x" + (" ranges" if ranges == "auto" else "")
+            plans[label] = (plan, density)
+            configs.append((label, "ours bf16", f"target {target:g}x, {plan.describe_step_ranges()}",
+                            (lambda p=plan: apply_plan(patcher, p, backend=backend)), density))
+    if device.type == "cuda":
+        for target in [float(t) for t in args.targets_8bit.split(",") if t]:
+            plan, density = plans[f"ours {target:g}x"]
+            configs.append((f"ours {target:g}x 8-bit", "ours 8-bit", f"target {target:g}x",
+                            (lambda p=plan: apply_plan(patcher, p, backend=backend, precision="8-bit")), density))
+    head_dim = size.config["dim"] // size.config["num_heads"]
+    if kitchen is not None:
+        for tau in SOL_TAUS:
+            configs.append((f"sol-attn tau {tau:g}", "core sol-attn", f"tau {tau:g}",
+                            (lambda t=tau: apply_core_sparse_standin(patcher, head_dim, CORE_MIN_TOKENS,
+                                                                     sol_kernel(kitchen, tau=t), sigma_start)[0]), None))
+        for keep in SLA_KEEP:
+            configs.append((f"sla keep {keep:g}%", "core sla", f"keep {keep:g}%",
+                            (lambda k=keep: apply_core_sparse_standin(patcher, head_dim, CORE_MIN_TOKENS,
+                                                                      sol_kernel(kitchen, keep_percent=k),
+                                                                      sigma_start)[0]), None))
+        for target in (2.0, 3.0):
+            plan, density = plans.get(f"ours {target:g}x", (None, None))
+            if plan is not None:
+                configs.append((f"ours {target:g}x + sol-attn", "ours + core sol-attn",
+                                f"target {target:g}x, full heads on tau 1.3",
+                                (lambda p=plan: apply_plan(apply_core_sparse_standin(
+                                    patcher, head_dim, CORE_MIN_TOKENS, sol_kernel(kitchen, tau=1.3), sigma_start)[0],
+                                    p, backend=backend)), density))
+    heads = tuple(range(size.config["num_heads"]))
+    statics = {}
+    for target in (2.0, 3.0):
+        if f"ours {target:g}x" not in plans:
+            continue
+        density = plans[f"ours {target:g}x"][1]
+        for kind in ("radial", "window"):
+            mask, setting = mask_at_density(kind, size.grid, density, device=device)
+            table = table_from_block_mask(mask.unsqueeze(0).expand(len(heads), -1, -1).contiguous(), heads,
+                                          size.tokens).to(device)
+            statics[(kind, target)] = setting
+            configs.append((f"{kind} d={setting['density']:.2f}", f"static {kind}", json.dumps(setting),
+                            (lambda t=table: apply_core_sparse_standin(patcher, head_dim, 0, static_kernel(t, backend),
+                                                                       sigma_start)[0]), setting["density"]))
+
+    def generate(model, prompt, seed):
+        return common.generate(model, [prompt], seed=seed, steps=args.steps, size=size, cfg=CFG)
+
+    rows, reference, strips = [], {}, []
+    for name, family, setting, make, density in configs:
+        model = make()
+        generate(model, runs[0][0], runs[0][1]) if device.type == "cuda" else None  # compile / load outside timing
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats(device)
+        timer.reset()
+        latents, seconds = {}, []
+        for prompt, seed in runs:
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            t = time.perf_counter()
+            latents[(prompt, seed)] = generate(model, prompt, seed).cpu()
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            seconds.append(time.perf_counter() - t)
+        per_step = timer.per_step_ms()
+        attn_total = sum(per_step.values()) / len(runs)
+        attn_sparse = sum(v for s, v in per_step.items() if s >= first_sparse) / len(runs)
+        row = {"name": name, "family": family, "setting": setting, "density": density,
+               "step_ms": 1000 * pystats.median(seconds) / args.steps,
+               "attention_ms_per_step": attn_total / args.steps,
+               "attention_ms_per_sparse_step": attn_sparse / max(1, args.steps - first_sparse),
+               "peak_memory_gib": torch.cuda.max_memory_allocated(device) / 2 ** 30 if device.type == "cuda" else None}
+        if name == "dense":
+            reference = latents
+        ps = [float(common.psnr(latents[r], reference[r])[0]) for r in runs]
+        ss = [float(common.ssim(latents[r], reference[r])[0]) for r in runs]
+        row.update(psnr_mean=sum(ps) / len(ps), psnr_worst=min(ps), ssim_mean=sum(ss) / len(ss), ssim_worst=min(ss),
+                   psnr_per_run=[round(p, 3) if p < 1e9 else None for p in ps])
+        rows.append(row)
+        strips.append((name, latents[runs[0]][0]))
+        print(f"{name}: step {row['step_ms']:.1f} ms, attention {row['attention_ms_per_step']:.2f} ms/step, "
+              f"PSNR {row['psnr_mean']:.2f} dB (worst {row['psnr_worst']:.2f})", flush=True)
+        del model
+    dense = rows[0]
+    for row in rows:
+        row["attention_speedup"] = dense["attention_ms_per_step"] / row["attention_ms_per_step"]
+        row["attention_speedup_sparse_steps"] = dense["attention_ms_per_sparse_step"] / row["attention_ms_per_sparse_step"]
+        row["step_speedup"] = dense["step_ms"] / row["step_ms"]
+
+    from census import census
+
+    report = {"env": env_info(device, kitchen_version), "size": size.name, "tokens": size.tokens, "grid": size.grid,
+              "model_heads": size.heads, "steps": args.steps, "cfg": CFG, "batch": 2, "sampler": common.SAMPLER,
+              "scheduler": common.SCHEDULER, "dense_warmup_steps": first_sparse, "sigma_start": sigma_start,
+              "core_start_percent_0.2_dense_steps": core_default_dense_steps,
+              "held_out": [list(r) for r in runs], "calibration": {
+                  "prompts": list(common.CALIB_CLASSES), "seed": 100, "probe_steps": stats.probe_steps.tolist(),
+                  "query_fraction": args.query_fraction, "menu": "wide", "seconds": round(calib_seconds, 1),
+                  "cost_source": stats.cost_source},
+              "plans": {k: {"density": d, "modes": p.density_summary(), "ranges": p.describe_step_ranges(),
+                            "plan": plan_to_dict(p)} for k, (p, d) in plans.items()},
+              "static_settings": {f"{k} {t:g}x": v for (k, t), v in statics.items()},
+              "census": census(stats), "results": rows}
+    with open(os.path.join(args.out, "head_to_head.json"), "w") as f:
+        json.dump(report, f, indent=1)
+    try:
+        strips_image(strips).save(os.path.join(args.out, "head_to_head_strips.png"))
+    except ImportError as error:
+        print(f"no picture strip: {error}")
+    print(f"\n{report['env']}\n{size.name} yardstick, {size.tokens} tokens, B=2 (cfg {CFG}), {args.steps} steps, "
+          f"first {first_sparse} dense; held-out {len(runs)} runs")
+    print(f"{'config':28s} {'density':>7s} {'step ms':>8s} {'attn ms':>8s} {'attn x':>6s} {'sparse x':>8s} "
+          f"{'PSNR':>6s} {'worst':>6s} {'SSIM':>6s} {'GiB':>5s}")
+    for r in rows:
+        print(f"{r['name']:28s} {(r['density'] or 0):7.3f} {r['step_ms']:8.2f} {r['attention_ms_per_step']:8.3f} "
+              f"{r['attention_speedup']:6.2f} {r['attention_speedup_sparse_steps']:8.2f} {min(r['psnr_mean'], 999):6.2f} "
+              f"{min(r['psnr_worst'], 999):6.2f} {r['ssim_mean']:6.4f} {(r['peak_memory_gib'] or 0):5.2f}")
+
+
+if __name__ == "__main__":
+    main()
