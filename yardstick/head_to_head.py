@@ -371,9 +371,13 @@ def main():
     with open(os.path.join(args.out, "head_to_head.json"), "w") as f:
         json.dump(report, f, indent=1)
     try:
+        from sparse_vdit.plans.preview import render_plan
+
         strips_image(strips).save(os.path.join(args.out, "head_to_head_strips.png"))
+        census_plan = plans.get("ours 2x", next(iter(plans.values())))[0]
+        render_plan(census_plan, stats, thumbs_per_mode=4).save(os.path.join(args.out, f"yardstick_{size.name}_census.png"))
     except ImportError as error:
-        print(f"no picture strip: {error}")
+        print(f"no pictures: {error}")
     print(f"\n{report['env']}\n{size.name} yardstick, {size.tokens} tokens, B=2 (cfg {CFG}), {args.steps} steps, "
           f"first {first_sparse} dense; held-out {len(runs)} runs")
     print(f"{'config':28s} {'density':>7s} {'step ms':>8s} {'attn ms':>8s} {'attn x':>6s} {'sparse x':>8s} "

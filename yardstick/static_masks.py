@@ -3,8 +3,10 @@ at the density of the plan they are compared with (every head the same):
 
 radial   Radial Attention's energy-decay rule: a query attends keys of
          frame distance d within a flattened spatial distance of
-         c * F / 2^floor(log2(max(d, 1))) (F tokens per frame), so the band
-         halves each time the frame distance doubles; c sets the density.
+         band = c * F / 2^floor(log2(max(d, 1))) (F tokens per frame), so the
+         band halves each time the frame distance doubles, and frames whose
+         band is under one token are dropped (a query always keeps itself); c sets
+         the density.
 window   a sliding 3-D window: |dt| <= a frames, |dh| <= b and |dw| <= b
          latent tokens; (a, b) chosen for the density.
 
@@ -49,7 +51,7 @@ def radial_mask(grid, c: float, block_m: int = DEFAULT_BLOCK_M, block_n: int = D
     def keep(q, k):
         d = (q[0] - k[0]).abs().clamp_min(1)
         band = c * per_frame / torch.exp2(torch.floor(torch.log2(d.float())))
-        return (q[3] - k[3]).abs() <= band
+        return ((band >= 1) | (q[0] == k[0])) & ((q[3] - k[3]).abs() <= band)
 
     return _block_mask(grid, keep, block_m, block_n, device)
 

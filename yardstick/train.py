@@ -157,6 +157,7 @@ def main():
     ap.add_argument("--uncond-p", type=float, default=0.0, help="share of samples trained with the empty prompt")
     ap.add_argument("--checkpoint-every-s", type=float, default=90.0)
     ap.add_argument("--stop-after-s", type=float, default=0.0, help="checkpoint and stop after this much wall time")
+    ap.add_argument("--eval-samples", type=int, default=32, help="samples in the final v-loss evaluation")
     ap.add_argument("--stop-at-step", type=int, default=0, help="checkpoint and stop at this step (for tests)")
     ap.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint")
     args = ap.parse_args()
@@ -260,7 +261,8 @@ def main():
     runs = runs + [this_run()]
     train_s = sum(r["seconds"] for r in runs)
     meta.update(steps=step, train_seconds=round(train_s, 1), runs=runs)
-    ev = {"ema": evaluate(ema, cond, device, size.latent), "raw": evaluate(net.eval(), cond, device, size.latent)}
+    ev = {"ema": evaluate(ema, cond, device, size.latent, n=args.eval_samples),
+          "raw": evaluate(net.eval(), cond, device, size.latent, n=args.eval_samples)}
     meta["eval_v_loss"] = ev
     meta["wall_seconds"] = round(time.perf_counter() - t_start, 1)
     ymodel.save_weights(ema, os.path.join(args.out, size.weights), metadata=meta)

@@ -50,7 +50,7 @@ def import_comfy(path: str | None = None, cpu: bool = True):
         path = os.path.abspath(path)
         if sys.path[:1] != [path]:
             sys.path.insert(0, path)
-        comfy_harness._ensure_torchvision()
+        comfy_harness.stub_unimportable_packages()
         import comfy.options  # noqa: F401
         import comfy.cli_args
 

@@ -1,0 +1,37 @@
+"""The head-to-head benchmark script runs end to end on the CPU (tiny
+yardstick, reference kernels, no comfy-kitchen): every row is measured and
+compared with dense; the report, strips and census picture are written."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+pytestmark = pytest.mark.comfyui
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_head_to_head_smoke_run(comfy, tmp_path):
+    out = tmp_path / "h2h"
+    import comfy_harness
+
+    env = {**os.environ, "COMFYUI_PATH": comfy_harness.comfyui_path()}
+    cmd = [sys.executable, os.path.join(REPO, "yardstick", "head_to_head.py"), "--size", "tiny", "--device", "cpu",
+           "--steps", "4", "--seeds", "1", "--prompts", "4", "--targets", "2", "--probe-steps", "2", "--out", str(out)]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    report = json.loads((out / "head_to_head.json").read_text())
+    names = [r["name"] for r in report["results"]]
+    assert names[0] == "dense" and "ours 2x" in names and "ours 2x ranges" in names
+    assert any(n.startswith("radial") for n in names) and any(n.startswith("window") for n in names)
+    dense, rows = report["results"][0], report["results"][1:]
+    assert dense["psnr_mean"] > 150 and dense["attention_speedup"] == 1.0
+    for row in rows:
+        assert 0 < row["psnr_mean"] < 100 and row["attention_ms_per_step"] > 0 and row["step_ms"] > 0, row
+        assert 0 < row["density"] < 1, row
+    assert report["dense_warmup_steps"] == 1 and report["census"]["totals"]
+    assert (out / "head_to_head_strips.png").stat().st_size > 0
+    assert (out / "yardstick_tiny_census.png").stat().st_size > 0
+    assert "PSNR" in done.stdout.splitlines()[-len(names) - 1]  # the table is printed last

@@ -1,0 +1,83 @@
+"""The quality-versus-measured-time picture of a head-to-head run (PIL only).
+
+    python yardstick/h2h_plot.py RESULTS.json OUT.png
+
+x: measured self-attention time per step (ms, the whole run, warm-up
+included), dense marked as a vertical line; y: mean PSNR against dense over
+the held-out runs (worst run as a thin tick below each point). One colour
+per method family, each point labelled with its setting.
+"""
+from __future__ import annotations
+
+import json
+import sys
+
+COLOURS = {"ours bf16": (31, 119, 180), "ours 8-bit": (44, 160, 44), "core sol-attn": (214, 39, 40),
+           "core sla": (255, 127, 14), "static radial": (148, 103, 189), "static window": (140, 86, 75),
+           "ours + core sol-attn": (23, 190, 207)}
+
+
+def short_label(row) -> str:
+    name = row["name"]
+    for prefix in ("sol-attn ", "sla ", "ours "):
+        if name.startswith(prefix) and row["family"] in ("core sol-attn", "core sla", "ours bf16"):
+            return name[len(prefix):]
+    return name.replace("ours ", "").replace(" + sol-attn", "+sol")
+
+
+def plot(report: dict, path: str, width: int = 1100, height: int = 700) -> None:
+    from PIL import Image, ImageDraw
+
+    rows = [r for r in report["results"] if r["family"] != "dense"]
+    dense = next(r for r in report["results"] if r["family"] == "dense")
+    left, right, top, bottom = 80, 250, 50, 60
+    xs = [r["attention_ms_per_step"] for r in rows] + [dense["attention_ms_per_step"]]
+    ys = [r["psnr_mean"] for r in rows] + [r["psnr_worst"] for r in rows]
+    x0, x1 = 0.0, max(xs) * 1.08
+    y0, y1 = max(0.0, min(ys) - 2), max(ys) + 2
+
+    def at(x, y):
+        return (left + (x - x0) / (x1 - x0) * (width - left - right),
+                height - bottom - (y - y0) / (y1 - y0) * (height - top - bottom))
+
+    image = Image.new("RGB", (width, height), "white")
+    d = ImageDraw.Draw(image)
+    d.rectangle([left, top, width - right, height - bottom], outline="black")
+    for i in range(6):
+        x = x0 + (x1 - x0) * i / 5
+        px, _ = at(x, y0)
+        d.line([px, height - bottom, px, height - bottom + 5], fill="black")
+        d.text((px - 12, height - bottom + 8), f"{x:.1f}", fill="black")
+        y = y0 + (y1 - y0) * i / 5
+        _, py = at(x0, y)
+        d.line([left - 5, py, left, py], fill="black")
+        d.text((left - 45, py - 6), f"{y:.1f}", fill="black")
+    d.text((left + 200, height - 25), "measured self-attention time per step (ms, 20 steps incl. dense warm-up)",
+           fill="black")
+    d.text((8, top - 30), "mean PSNR vs dense (dB, latents); tick: worst run", fill="black")
+    env = report["env"]
+    d.text((left, 8), f"{report['size']} yardstick, {report['tokens']} tokens, B=2, {env['device']}, "
+                      f"torch {env['torch']}, triton {env['triton']}, comfy-kitchen {env['comfy_kitchen']}",
+           fill="black")
+    px, _ = at(dense["attention_ms_per_step"], y0)
+    d.line([px, top, px, height - bottom], fill=(120, 120, 120), width=2)
+    d.text((px - 40, top + 4), "dense", fill=(80, 80, 80))
+    for r in rows:
+        colour = COLOURS.get(r["family"], (0, 0, 0))
+        x, y = at(r["attention_ms_per_step"], r["psnr_mean"])
+        _, yw = at(r["attention_ms_per_step"], r["psnr_worst"])
+        d.line([x, y, x, yw], fill=colour)
+        d.line([x - 3, yw, x + 3, yw], fill=colour)
+        d.ellipse([x - 5, y - 5, x + 5, y + 5], fill=colour)
+        d.text((x + 7, y - 6), short_label(r), fill=colour)
+    for i, (family, colour) in enumerate(COLOURS.items()):
+        if any(r["family"] == family for r in rows):
+            y = top + 10 + 20 * i
+            d.ellipse([width - right + 15, y, width - right + 25, y + 10], fill=colour)
+            d.text((width - right + 32, y - 1), family, fill="black")
+    image.save(path)
+
+
+if __name__ == "__main__":
+    with open(sys.argv[1]) as f:
+        plot(json.load(f), sys.argv[2])
