@@ -11,6 +11,7 @@ import pytest
 pytestmark = pytest.mark.comfyui
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(REPO, "yardstick"))
 
 
 def test_head_to_head_smoke_run(comfy, tmp_path):
@@ -28,6 +29,8 @@ def test_head_to_head_smoke_run(comfy, tmp_path):
     assert any(n.startswith("radial") for n in names) and any(n.startswith("window") for n in names)
     dense, rows = report["results"][0], report["results"][1:]
     assert dense["psnr_mean"] > 150 and dense["attention_speedup"] == 1.0
+    floor = rows.pop(0)
+    assert floor["name"] == "dense, our kernel" and floor["psnr_mean"] > 60  # rounding only: the noise floor
     for row in rows:
         assert 0 < row["psnr_mean"] < 100 and row["attention_ms_per_step"] > 0 and row["step_ms"] > 0, row
         assert 0 < row["density"] < 1, row
@@ -35,3 +38,19 @@ def test_head_to_head_smoke_run(comfy, tmp_path):
     assert (out / "head_to_head_strips.png").stat().st_size > 0
     assert (out / "yardstick_tiny_census.png").stat().st_size > 0
     assert "PSNR" in done.stdout.splitlines()[-len(names) - 1]  # the table is printed last
+
+
+def test_kernel_time_counts_only_kernels_inside_the_ranges():
+    import types
+
+    import head_to_head as h2h
+    from torch.autograd import DeviceType
+
+    def event(name, start, end, device=DeviceType.CUDA):
+        return types.SimpleNamespace(name=name, device_type=device, time_range=types.SimpleNamespace(start=start, end=end))
+
+    events = [event("warm", 0, 100), event("k1", 10, 30), event("k2", 40, 90),   # 70 us in "warm"
+              event("k3", 120, 150),                                           # outside every range
+              event("sparse", 200, 300), event("k4", 200, 210), event("sparse", 400, 500), event("k5", 450, 470),
+              event("warm", 0, 100, DeviceType.CPU), event("cpu op", 10, 30, DeviceType.CPU)]
+    assert h2h.kernel_time_in_ranges(events, ("warm", "sparse")) == (0.07, 0.03)

@@ -14,7 +14,7 @@ import sys
 
 COLOURS = {"ours bf16": (31, 119, 180), "ours 8-bit": (44, 160, 44), "core sol-attn": (214, 39, 40),
            "core sla": (255, 127, 14), "static radial": (148, 103, 189), "static window": (140, 86, 75),
-           "ours + core sol-attn": (23, 190, 207)}
+           "ours + core sol-attn": (23, 190, 207), "noise floor": (127, 127, 127)}
 
 
 def short_label(row) -> str:

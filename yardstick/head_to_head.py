@@ -58,6 +58,7 @@ CORE_MIN_TOKENS = 12288  # core node's min_tokens default
 SOL_TAUS = (1.0, 1.3, 1.6, 2.0)
 SLA_KEEP = (10.0, 20.0, 30.0)
 STRIP_FRAMES = 4
+RANGE_DENSE, RANGE_SPARSE = "sv_self_attention_warmup_step", "sv_self_attention_sparse_step"
 
 
 class AttentionTimer:
@@ -67,9 +68,10 @@ class AttentionTimer:
     calls, overrides included); a call whose keys are as long as its queries
     is self-attention (cross-attention keys are the text)."""
 
-    def __init__(self, sigmas: list[float], device):
+    def __init__(self, sigmas: list[float], device, first_sparse: int):
         import comfy.ldm.wan.model as wan
 
+        self.first_sparse = first_sparse
         self.wan, self.original = wan, wan.optimized_attention
         self.sigmas, self.cuda = sigmas, device.type == "cuda"
         self.events: list[tuple[int, object, object]] = []
@@ -79,6 +81,10 @@ class AttentionTimer:
             if k.shape[1] != q.shape[1]:
                 return self.original(q, k, v, *args, **kwargs)
             step = self.step_of(kwargs.get("transformer_options") or {})
+            with torch.profiler.record_function(RANGE_SPARSE if step >= self.first_sparse else RANGE_DENSE):
+                return record(step, q, k, v, *args, **kwargs)
+
+        def record(step, q, k, v, *args, **kwargs):
             if self.cuda:
                 start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
                 start.record()
@@ -103,6 +109,16 @@ class AttentionTimer:
     def reset(self):
         self.events, self.cpu_ms = [], []
 
+    def kernel_ms(self, run) -> tuple[float, float]:
+        """GPU kernel time (ms) inside self-attention calls over one run(),
+        from the profiler: (warm-up steps, sparse steps). Host time is left
+        out: what the calls cost once the host keeps up, as at real sizes."""
+        activities = [torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA]
+        with torch.profiler.profile(activities=activities) as prof:
+            run()
+            torch.cuda.synchronize()
+        return kernel_time_in_ranges(prof.events(), (RANGE_DENSE, RANGE_SPARSE))
+
     def per_step_ms(self) -> dict[int, float]:
         if self.cuda:
             torch.cuda.synchronize()
@@ -113,6 +129,35 @@ class AttentionTimer:
         for s, ms in pairs:
             out[s] = out.get(s, 0.0) + ms
         return out
+
+
+def kernel_time_in_ranges(events, names) -> tuple[float, ...]:
+    """Per range name, the summed duration (ms) of the GPU kernels that start
+    inside that range's span on the GPU timeline (the profiler's device-side
+    copy of a record_function range; one stream, so nothing else runs there)."""
+    from torch.autograd import DeviceType
+
+    spans = {name: [] for name in names}
+    kernels = []
+    for e in events:
+        if e.device_type != DeviceType.CUDA:
+            continue
+        if e.name in spans:
+            spans[e.name].append((e.time_range.start, e.time_range.end))
+        else:
+            kernels.append((e.time_range.start, e.time_range.end - e.time_range.start))
+    kernels.sort()
+    starts = [k[0] for k in kernels]
+    import bisect
+
+    totals = []
+    for name in names:
+        total = 0.0
+        for a, b in spans[name]:
+            lo, hi = bisect.bisect_left(starts, a), bisect.bisect_right(starts, b)
+            total += sum(d for _, d in kernels[lo:hi])
+        totals.append(total / 1000.0)
+    return tuple(totals)
 
 
 def sol_kernel(kitchen, tau: float = 1.3, keep_percent: float = 0.0):
@@ -139,6 +184,15 @@ def static_kernel(table, backend: str):
             out = reference_sparse_attention(q4, k4, v4, table)
         return out.transpose(1, 2)
     return run
+
+
+def eight_bit_pairs(configs, by_name, all_latents):
+    """(8-bit row name, mean PSNR of its latents against the bf16 run of the same plan)."""
+    for name, *_ in configs:
+        twin = name.replace(" 8-bit", "")
+        if name.endswith(" 8-bit") and twin in all_latents:
+            ps = [float(common.psnr(all_latents[name][r], all_latents[twin][r])[0]) for r in all_latents[name]]
+            yield name, sum(ps) / len(ps)
 
 
 def latent_rgb(latent: torch.Tensor) -> torch.Tensor:
@@ -205,8 +259,8 @@ def main():
     ap.add_argument("--prompts", default="4,5,6,7")
     ap.add_argument("--targets", default="1.5,2,2.5,3")
     ap.add_argument("--targets-8bit", default="2,3")
-    ap.add_argument("--probe-steps", type=int, default=3)
-    ap.add_argument("--query-fraction", type=float, default=0.25)
+    ap.add_argument("--probe-steps", type=int, default=5)
+    ap.add_argument("--query-fraction", type=float, default=1.0)
     args = ap.parse_args()
 
     size = size_named(args.size)
@@ -247,7 +301,7 @@ def main():
     sigma_start = sigmas[first_sparse]
     core_default_sigma = float(model_sampling.percent_to_sigma(0.2))
     core_default_dense_steps = sum(1 for s in sigmas[:-1] if s > core_default_sigma)
-    timer = AttentionTimer(sigmas, device)
+    timer = AttentionTimer(sigmas, device, first_sparse)
 
     # 1. calibration on the calibration prompts only
     work = os.path.join(args.out, "calibration")
@@ -295,6 +349,13 @@ def main():
                                     patcher, head_dim, CORE_MIN_TOKENS, sol_kernel(kitchen, tau=1.3), sigma_start)[0],
                                     p, backend=backend)), density))
     heads = tuple(range(size.config["num_heads"]))
+    # the trajectory's own noise floor: dense attention through our kernel
+    # (every block), which differs from SDPA only by rounding
+    everything = torch.ones(1, -(-size.tokens // 128), -(-size.tokens // 64), dtype=torch.bool)
+    full_table = table_from_block_mask(everything.expand(len(heads), -1, -1).contiguous(), heads, size.tokens).to(device)
+    configs.insert(1, ("dense, our kernel", "noise floor", "every block through our bf16 kernel",
+                       lambda: apply_core_sparse_standin(patcher, head_dim, 0, static_kernel(full_table, backend),
+                                                         sigma_start)[0], 1.0))
     statics = {}
     for target in (2.0, 3.0):
         if f"ours {target:g}x" not in plans:
@@ -312,7 +373,7 @@ def main():
     def generate(model, prompt, seed):
         return common.generate(model, [prompt], seed=seed, steps=args.steps, size=size, cfg=CFG)
 
-    rows, reference, strips = [], {}, []
+    rows, reference, strips, all_latents = [], {}, [], {}
     for name, family, setting, make, density in configs:
         model = make()
         generate(model, runs[0][0], runs[0][1]) if device.type == "cuda" else None  # compile / load outside timing
@@ -332,11 +393,16 @@ def main():
         per_step = timer.per_step_ms()
         attn_total = sum(per_step.values()) / len(runs)
         attn_sparse = sum(v for s, v in per_step.items() if s >= first_sparse) / len(runs)
+        sparse_steps = max(1, args.steps - first_sparse)
         row = {"name": name, "family": family, "setting": setting, "density": density,
                "step_ms": 1000 * pystats.median(seconds) / args.steps,
                "attention_ms_per_step": attn_total / args.steps,
-               "attention_ms_per_sparse_step": attn_sparse / max(1, args.steps - first_sparse),
+               "attention_ms_per_sparse_step": attn_sparse / sparse_steps,
                "peak_memory_gib": torch.cuda.max_memory_allocated(device) / 2 ** 30 if device.type == "cuda" else None}
+        if device.type == "cuda":
+            warm_ms, sparse_ms = timer.kernel_ms(lambda: generate(model, *runs[0]))
+            row.update(kernel_ms_per_step=(warm_ms + sparse_ms) / args.steps,
+                       kernel_ms_per_sparse_step=sparse_ms / sparse_steps)
         if name == "dense":
             reference = latents
         ps = [float(common.psnr(latents[r], reference[r])[0]) for r in runs]
@@ -345,15 +411,22 @@ def main():
                    psnr_per_run=[round(p, 3) if p < 1e9 else None for p in ps])
         rows.append(row)
         strips.append((name, latents[runs[0]][0]))
+        all_latents[name] = latents
         print(f"{name}: step {row['step_ms']:.1f} ms, attention {row['attention_ms_per_step']:.2f} ms/step, "
               f"PSNR {row['psnr_mean']:.2f} dB (worst {row['psnr_worst']:.2f})", flush=True)
         del model
     dense = rows[0]
     for row in rows:
+        if dense.get("kernel_ms_per_step") and row.get("kernel_ms_per_step"):
+            row["kernel_speedup"] = dense["kernel_ms_per_step"] / row["kernel_ms_per_step"]
+            row["kernel_speedup_sparse_steps"] = dense["kernel_ms_per_sparse_step"] / row["kernel_ms_per_sparse_step"]
         row["attention_speedup"] = dense["attention_ms_per_step"] / row["attention_ms_per_step"]
         row["attention_speedup_sparse_steps"] = dense["attention_ms_per_sparse_step"] / row["attention_ms_per_sparse_step"]
         row["step_speedup"] = dense["step_ms"] / row["step_ms"]
 
+    by_name = {r["name"]: r for r in rows}
+    for name, lat in eight_bit_pairs(configs, by_name, all_latents):
+        by_name[name]["psnr_vs_bf16_same_plan"] = lat
     from census import census
 
     report = {"env": env_info(device, kitchen_version), "size": size.name, "tokens": size.tokens, "grid": size.grid,

@@ -50,6 +50,9 @@ def import_comfy(path: str | None = None, cpu: bool = True):
         path = os.path.abspath(path)
         if sys.path[:1] != [path]:
             sys.path.insert(0, path)
+        # the harness's sampling helpers import the same checkout (after the
+        # GPU flags below are in place: model_management keeps its device)
+        os.environ["COMFYUI_PATH"] = path
         comfy_harness.stub_unimportable_packages()
         import comfy.options  # noqa: F401
         import comfy.cli_args
