@@ -68,3 +68,31 @@ def test_short_generation_and_calibrated_plan_keeps_psnr_floor(yardstick, tmp_pa
     print(f"yardstick PSNR {psnr:.2f} dB at density {common.plan_density(plan):.3f}")
     assert not torch.equal(sparse, dense)
     assert psnr >= PSNR_FLOOR, f"PSNR {psnr:.2f} dB under the recorded floor {PSNR_FLOOR} dB"
+
+
+def test_video_yardstick_loads_through_comfyui_and_records_its_training(comfy):
+    """The video-scale yardstick (head-to-head model): ComfyUI's Wan2.1
+    detection and loader take it; the file says how it was trained."""
+    import comfy.model_detection as detection
+    import ys_model as ymodel
+    from ys_sizes import VIDEO
+
+    path = ymodel.weights_path(VIDEO)
+    assert os.path.getsize(path) <= 25 * 10 ** 6
+    sd = ymodel.load_state_dict(path)
+    config = detection.detect_unet_config(sd, "")
+    assert config["image_model"] == "wan2.1" and config["model_type"] == "t2v"
+    assert (config["dim"], config["num_heads"], config["num_layers"]) == (256, 2, 8)  # 16 heads of 128
+    meta = ymodel.load_metadata(path)
+    assert meta["size"] == "video" and meta["data"]["tokens"] == 13312 and meta["steps"] > 1000
+    assert meta["uncond_p"] > 0 and "partial" not in meta
+    patcher = ymodel.load_patcher(path)
+    net = patcher.model.diffusion_model
+    assert torch.equal(net.state_dict()["blocks.7.self_attn.q.weight"].float(), sd["blocks.7.self_attn.q.weight"].float())
+    x = torch.randn(1, 16, 2, 16, 16, generator=torch.Generator().manual_seed(0))
+    context = ymodel.conditioning(VIDEO)[:1]
+    with torch.no_grad():
+        out = net(x, torch.tensor([500.0]), context)
+        empty = net(x, torch.tensor([500.0]), torch.zeros_like(context))
+    assert out.shape == x.shape and torch.isfinite(out).all()
+    assert float((out - empty).abs().mean()) > 1e-3  # the prompt matters

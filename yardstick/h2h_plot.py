@@ -2,10 +2,12 @@
 
     python yardstick/h2h_plot.py RESULTS.json OUT.png
 
-x: measured self-attention time per step (ms, the whole run, warm-up
-included), dense marked as a vertical line; y: mean PSNR against dense over
-the held-out runs (worst run as a thin tick below each point). One colour
-per method family, each point labelled with its setting.
+Two panels, x: measured self-attention time per step (ms, the whole run,
+warm-up included), left as GPU kernel time (profiler), right as CUDA-event
+time around each call (host time included where the GPU waits for it);
+dense marked as a vertical line; y: mean PSNR against dense over the
+held-out runs (worst run as a thin tick below each point). One colour per
+method family, each point labelled with its setting.
 """
 from __future__ import annotations
 
@@ -25,13 +27,28 @@ def short_label(row) -> str:
     return name.replace("ours ", "").replace(" + sol-attn", "+sol")
 
 
-def plot(report: dict, path: str, width: int = 1100, height: int = 700) -> None:
+def plot(report: dict, path: str) -> None:
+    from PIL import Image
+
+    keys = [("kernel_ms_per_step", "GPU kernel time in self-attention per step (ms)"),
+            ("attention_ms_per_step", "self-attention time per step, host included (ms)")]
+    keys = [(k, label) for k, label in keys if all(r.get(k) for r in report["results"])]
+    panels = [panel(report, key, label, legend=i == len(keys) - 1) for i, (key, label) in enumerate(keys)]
+    image = Image.new("RGB", (sum(p.width for p in panels), panels[0].height), "white")
+    x = 0
+    for p in panels:
+        image.paste(p, (x, 0))
+        x += p.width
+    image.save(path)
+
+
+def panel(report: dict, key: str, x_label: str, legend: bool, width: int = 900, height: int = 700):
     from PIL import Image, ImageDraw
 
     rows = [r for r in report["results"] if r["family"] != "dense"]
     dense = next(r for r in report["results"] if r["family"] == "dense")
-    left, right, top, bottom = 80, 250, 50, 60
-    xs = [r["attention_ms_per_step"] for r in rows] + [dense["attention_ms_per_step"]]
+    left, right, top, bottom = 80, 230 if legend else 40, 50, 60
+    xs = [r[key] for r in rows] + [dense[key]]
     ys = [r["psnr_mean"] for r in rows] + [r["psnr_worst"] for r in rows]
     x0, x1 = 0.0, max(xs) * 1.08
     y0, y1 = max(0.0, min(ys) - 2), max(ys) + 2
@@ -52,30 +69,29 @@ def plot(report: dict, path: str, width: int = 1100, height: int = 700) -> None:
         _, py = at(x0, y)
         d.line([left - 5, py, left, py], fill="black")
         d.text((left - 45, py - 6), f"{y:.1f}", fill="black")
-    d.text((left + 200, height - 25), "measured self-attention time per step (ms, 20 steps incl. dense warm-up)",
-           fill="black")
+    d.text((left + 150, height - 25), x_label + ", 20 steps incl. dense warm-up", fill="black")
     d.text((8, top - 30), "mean PSNR vs dense (dB, latents); tick: worst run", fill="black")
     env = report["env"]
     d.text((left, 8), f"{report['size']} yardstick, {report['tokens']} tokens, B=2, {env['device']}, "
                       f"torch {env['torch']}, triton {env['triton']}, comfy-kitchen {env['comfy_kitchen']}",
            fill="black")
-    px, _ = at(dense["attention_ms_per_step"], y0)
+    px, _ = at(dense[key], y0)
     d.line([px, top, px, height - bottom], fill=(120, 120, 120), width=2)
     d.text((px - 40, top + 4), "dense", fill=(80, 80, 80))
     for r in rows:
         colour = COLOURS.get(r["family"], (0, 0, 0))
-        x, y = at(r["attention_ms_per_step"], r["psnr_mean"])
-        _, yw = at(r["attention_ms_per_step"], r["psnr_worst"])
+        x, y = at(r[key], r["psnr_mean"])
+        _, yw = at(r[key], r["psnr_worst"])
         d.line([x, y, x, yw], fill=colour)
         d.line([x - 3, yw, x + 3, yw], fill=colour)
         d.ellipse([x - 5, y - 5, x + 5, y + 5], fill=colour)
         d.text((x + 7, y - 6), short_label(r), fill=colour)
-    for i, (family, colour) in enumerate(COLOURS.items()):
+    for i, (family, colour) in enumerate(COLOURS.items() if legend else ()):
         if any(r["family"] == family for r in rows):
             y = top + 10 + 20 * i
             d.ellipse([width - right + 15, y, width - right + 25, y + 10], fill=colour)
             d.text((width - right + 32, y - 1), family, fill="black")
-    image.save(path)
+    return image
 
 
 if __name__ == "__main__":

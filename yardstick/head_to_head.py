@@ -257,7 +257,7 @@ def main():
     ap.add_argument("--steps", type=int, default=common.STEPS)
     ap.add_argument("--seeds", type=int, default=2, help="seeds per held-out prompt")
     ap.add_argument("--prompts", default="4,5,6,7")
-    ap.add_argument("--targets", default="1.5,2,2.5,3")
+    ap.add_argument("--targets", default="1.1,1.25,1.5,2,2.5,3")
     ap.add_argument("--targets-8bit", default="2,3")
     ap.add_argument("--probe-steps", type=int, default=5)
     ap.add_argument("--query-fraction", type=float, default=1.0)
@@ -316,7 +316,8 @@ def main():
 
     configs = [("dense", "dense", "", lambda: patcher, None)]
     plans = {}
-    for target in [float(t) for t in args.targets.split(",")]:
+    targets = [float(t) for t in args.targets.split(",")]
+    for target in targets:
         for ranges in (1, "auto"):
             plan = solve_plan(stats, target_speedup=target, name=f"ours {target:g}x", step_ranges=ranges)
             density = common.plan_density(plan, steps=args.steps, size=size)
@@ -340,8 +341,10 @@ def main():
                             (lambda k=keep: apply_core_sparse_standin(patcher, head_dim, CORE_MIN_TOKENS,
                                                                       sol_kernel(kitchen, keep_percent=k),
                                                                       sigma_start)[0]), None))
-        for target in (2.0, 3.0):
-            plan, density = plans.get(f"ours {target:g}x", (None, None))
+        # our plans that keep full heads (the composition changes nothing for a plan without)
+        with_full = [t for t in targets if plans[f"ours {t:g}x"][0].density_summary().get("full")][-2:]
+        for target in with_full:
+            plan, density = plans[f"ours {target:g}x"]
             if plan is not None:
                 configs.append((f"ours {target:g}x + sol-attn", "ours + core sol-attn",
                                 f"target {target:g}x, full heads on tau 1.3",
