@@ -35,7 +35,8 @@ def test_head_to_head_smoke_run(comfy, tmp_path):
         assert 0 < row["psnr_mean"] < 100 and row["attention_ms_per_step"] > 0 and row["step_ms"] > 0, row
         assert 0 < row["density"] < 1, row
     assert report["dense_warmup_steps"] == 1 and report["census"]["totals"]
-    assert (out / "head_to_head_strips.png").stat().st_size > 0
+    assert (out / "head_to_head_strips.png").stat().st_size > 0 and (out / "quality_vs_time.png").stat().st_size > 0
+    assert "| ours 2x |" in (out / "head_to_head.md").read_text()
     assert (out / "yardstick_tiny_census.png").stat().st_size > 0
     assert "PSNR" in done.stdout.splitlines()[-len(names) - 1]  # the table is printed last
 

@@ -1,6 +1,7 @@
-"""The quality-versus-measured-time picture of a head-to-head run (PIL only).
+"""The quality-versus-measured-time picture of a head-to-head run (PIL
+only), and its table as markdown.
 
-    python yardstick/h2h_plot.py RESULTS.json OUT.png
+    python yardstick/h2h_plot.py RESULTS.json OUT.png [OUT.md]
 
 Two panels, x: measured self-attention time per step (ms, the whole run,
 warm-up included), left as GPU kernel time (profiler), right as CUDA-event
@@ -94,6 +95,38 @@ def panel(report: dict, key: str, x_label: str, legend: bool, width: int = 900, 
     return image
 
 
+def markdown(report: dict) -> str:
+    env = report["env"]
+    lines = [f"# Head-to-head on the {report['size']} yardstick", "",
+             f"{env['device']}, torch {env['torch']}, Triton {env['triton']}, comfy-kitchen {env['comfy_kitchen']}, "
+             f"ComfyUI {env['comfyui']}. {report['tokens']:,} tokens per call, B = 2 (cfg {report['cfg']:g}), "
+             f"{report['steps']} steps {report['sampler']} / {report['scheduler']}, first {report['dense_warmup_steps']} "
+             f"steps dense for every sparse method; {len(report['held_out'])} held-out runs (prompts, seeds) "
+             f"{report['held_out']}; calibration on prompts {report['calibration']['prompts']}.", "",
+             "Times per step, the whole run (warm-up included); `kernel` = GPU kernel time inside self-attention "
+             "(profiler), `host` = CUDA events around each call (includes host time where the GPU waits). "
+             "PSNR / SSIM against dense on the latents, mean and worst run.", "",
+             "| config | density | kernel ms | kernel x | sparse steps x | host ms | host x | step ms | PSNR | worst | SSIM |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in report["results"]:
+        density = "" if r.get("density") is None else f"{r['density']:.3f}"
+        psnr = "ref" if r["family"] == "dense" else f"{r['psnr_mean']:.2f}"
+        worst = "" if r["family"] == "dense" else f"{r['psnr_worst']:.2f}"
+        lines.append(f"| {r['name']} | {density} | {r.get('kernel_ms_per_step', 0):.3f} | {r.get('kernel_speedup', 0):.2f} "
+                     f"| {r.get('kernel_speedup_sparse_steps', 0):.2f} | {r['attention_ms_per_step']:.3f} "
+                     f"| {r['attention_speedup']:.2f} | {r['step_ms']:.1f} | {psnr} | {worst} | {r['ssim_mean']:.3f} |")
+    pairs = [(r["name"], r["psnr_vs_bf16_same_plan"]) for r in report["results"] if "psnr_vs_bf16_same_plan" in r]
+    if pairs:
+        lines += ["", "8-bit against bf16 on the same plan (mean PSNR of the latents): "
+                  + ", ".join(f"{n} {p:.2f} dB" for n, p in pairs)]
+    lines += ["", f"Census of the {report['model_heads']} heads: {report['census']['totals']}."]
+    return "\n".join(lines) + "\n"
+
+
 if __name__ == "__main__":
     with open(sys.argv[1]) as f:
-        plot(json.load(f), sys.argv[2])
+        results = json.load(f)
+    plot(results, sys.argv[2])
+    if len(sys.argv) > 3:
+        with open(sys.argv[3], "w") as f:
+            f.write(markdown(results))

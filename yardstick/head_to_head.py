@@ -30,8 +30,9 @@ latents (mean and worst), and one picture strip.
     python yardstick/head_to_head.py --comfyui PATH --kitchen PATH --out DIR
     python yardstick/head_to_head.py --size tiny --device cpu --steps 3 ...   (a CPU smoke run)
 
-Prints its table last; writes DIR/head_to_head.json, DIR/head_to_head_strips.png,
-the calibration statistics and the census.
+Prints its table last; writes DIR/head_to_head.json and .md, the picture
+DIR/quality_vs_time.png, DIR/head_to_head_strips.png, the census picture and
+the calibration statistics (DIR/calibration/).
 """
 from __future__ import annotations
 
@@ -449,7 +450,12 @@ def main():
     try:
         from sparse_vdit.plans.preview import render_plan
 
+        from h2h_plot import markdown, plot
+
         strips_image(strips).save(os.path.join(args.out, "head_to_head_strips.png"))
+        plot(report, os.path.join(args.out, "quality_vs_time.png"))
+        with open(os.path.join(args.out, "head_to_head.md"), "w") as f:
+            f.write(markdown(report))
         census_plan = plans.get("ours 2x", next(iter(plans.values())))[0]
         render_plan(census_plan, stats, thumbs_per_mode=4).save(os.path.join(args.out, f"yardstick_{size.name}_census.png"))
     except ImportError as error:
