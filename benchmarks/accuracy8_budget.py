@@ -1,0 +1,78 @@
+"""Where the 8-bit kernel's error comes from (CPU, float64 emulation).
+
+Emulates the kernel's arithmetic step by step on one head: Q int8 per
+token, K smoothed by its mean and int8 per key block of 64 (quant8's own
+rounding), the online softmax over key blocks with P = 448 * 2^(s - m)
+rounded to e4m3, V per channel in e4m3, and compares with float64 softmax
+attention. Each error source can be switched on alone, and two fixes tried:
+the row sum l taken from the rounded P (so numerator and denominator use the
+same weights) and V smoothed by its channel mean (added back after the
+division: exact when l is the sum of the rounded P).
+
+    python benchmarks/accuracy8_budget.py
+
+Prints relative L1 against float64 per input kind and variant.
+"""
+from __future__ import annotations
+
+import torch
+
+L, D, BLOCK_N, P_MAX = 2048, 128, 64, 448.0
+LOG2E = 1.4426950408889634
+
+
+def e4m3(x: torch.Tensor) -> torch.Tensor:
+    return x.to(torch.float8_e4m3fn).double()
+
+
+def int8(x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """Round half away from zero, as the pre-pass does; back to values."""
+    y = x / scale
+    return torch.sign(y) * torch.floor(y.abs() + 0.5) * scale
+
+
+def emulate(q, k, v, qk8=True, p8=True, v8=True, l_rounded=False, v_smooth=False) -> torch.Tensor:
+    q, k, v = q.double(), k.double(), v.double()
+    if qk8:
+        q = int8(q, q.abs().amax(-1, keepdim=True) / 127)
+        blocks = (k - k.mean(0, keepdim=True)).view(-1, BLOCK_N, D)
+        k = int8(blocks, blocks.abs().amax((-1, -2), keepdim=True) / 127).view(L, D)
+    mean = v.mean(0, keepdim=True) if v_smooth else torch.zeros(1, D, dtype=torch.float64)
+    v = v - mean
+    if v8:
+        scale = v.abs().amax(0, keepdim=True) / P_MAX
+        v = e4m3(v / scale) * scale
+    s = (q @ k.T) * (D ** -0.5 * LOG2E)
+    m = torch.full((L,), -1e30, dtype=torch.float64)
+    l = torch.zeros(L, dtype=torch.float64)
+    acc = torch.zeros(L, D, dtype=torch.float64)
+    for b in range(0, L, BLOCK_N):
+        block = s[:, b:b + BLOCK_N]
+        m_new = torch.maximum(m, block.max(1).values)
+        p = torch.exp2(block - m_new[:, None]) * P_MAX
+        pr = e4m3(p) if p8 else p
+        alpha = torch.exp2(m - m_new)
+        l = l * alpha + (pr if l_rounded else p).sum(1)
+        acc = acc * alpha[:, None] + pr @ v[b:b + BLOCK_N]
+        m = m_new
+    return acc / l[:, None] + mean
+
+
+def main():
+    torch.manual_seed(0)
+    kinds = {"random": (1.0, 0.0), "peaked scores": (3.0, 0.0), "V channel bias": (1.0, 3.0),
+             "peaked + V bias": (3.0, 3.0)}
+    variants = {"QK int8 only (16b PV)": dict(p8=False, v8=False), "P e4m3 only": dict(qk8=False, v8=False),
+                "V e4m3 only": dict(qk8=False, p8=False), "kernel today": {}, "+ l from rounded P": dict(l_rounded=True),
+                "+ V smoothing": dict(l_rounded=True, v_smooth=True)}
+    print(f"{'inputs':18s} " + " ".join(f"{n:>22s}" for n in variants))
+    for kind, (temperature, v_bias) in kinds.items():
+        q, k = torch.randn(L, D) * temperature, torch.randn(L, D)
+        v = torch.randn(L, D) + v_bias * torch.randn(1, D)
+        exact = torch.softmax((q.double() @ k.double().T) * D ** -0.5, -1) @ v.double()
+        errors = [float((emulate(q, k, v, **opts) - exact).abs().sum() / exact.abs().sum()) for opts in variants.values()]
+        print(f"{kind:18s} " + " ".join(f"{e:22.4f}" for e in errors))
+
+
+if __name__ == "__main__":
+    main()
