@@ -44,7 +44,7 @@ def test_head_to_head_smoke_run(comfy, tmp_path):
 def test_kernel_time_counts_only_kernels_inside_the_ranges():
     import types
 
-    import head_to_head as h2h
+    import h2h_timing as h2h
     from torch.autograd import DeviceType
 
     def event(name, start, end, device=DeviceType.CUDA):

@@ -1,6 +1,5 @@
 """The yardstick's tools that need no ComfyUI: sharded checkpoints, the
 static baseline masks, block tables from a block mask, the sizes."""
-import json
 import os
 import sys
 

@@ -1,5 +1,5 @@
-"""The quality-versus-measured-time picture of a head-to-head run (PIL
-only), and its table as markdown.
+"""The pictures of a head-to-head run (PIL only): quality versus measured
+time, the latent strips; and its table as markdown.
 
     python yardstick/h2h_plot.py RESULTS.json OUT.png [OUT.md]
 
@@ -13,11 +13,52 @@ method family, each point labelled with its setting.
 from __future__ import annotations
 
 import json
+import os
 import sys
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+STRIP_FRAMES = 4
 
 COLOURS = {"ours bf16": (31, 119, 180), "ours 8-bit": (44, 160, 44), "core sol-attn": (214, 39, 40),
            "core sla": (255, 127, 14), "static radial": (148, 103, 189), "static window": (140, 86, 75),
            "ours + core sol-attn": (23, 190, 207), "noise floor": (127, 127, 127)}
+
+
+def latent_rgb(latent: torch.Tensor) -> torch.Tensor:
+    """A fixed linear map of the 16 latent channels to 3 maps: the
+    pseudo-inverse of the data's shared channel mixture (ys_data.class_mixing,
+    seed 12345), rows 0-2 = background, object mask, object texture.
+    [16, T, H, W] -> [3, T, H, W] in about [-1, 1]."""
+    import ys_data as data
+
+    shared = torch.Generator().manual_seed(12345)
+    a = 0.5 * torch.randn(data.CHANNELS, data.N_MAPS, generator=shared)
+    to_maps = torch.linalg.pinv(a)[:3]  # [3, 16]
+    x = torch.atanh(latent.float().clamp(-0.999, 0.999) ) / 0.9
+    return torch.einsum("mc,cthw->mthw", to_maps, x).clamp(-1.5, 1.5) / 1.5
+
+
+def strips_image(rows: list[tuple[str, torch.Tensor]], scale: int = 2):
+    from PIL import Image, ImageDraw
+
+    label_w = 260
+    tiles = []
+    for label, lat in rows:
+        rgb = latent_rgb(lat)
+        t = rgb.shape[1]
+        frames = sorted({round(i * (t - 1) / (STRIP_FRAMES - 1)) for i in range(STRIP_FRAMES)})
+        strip = torch.cat([rgb[:, f] for f in frames], dim=2)  # [3, H, F*W]
+        tiles.append((label, ((strip + 1) * 127.5).clamp(0, 255).to(torch.uint8).permute(1, 2, 0).numpy()))
+    h, w = tiles[0][1].shape[:2]
+    image = Image.new("RGB", (label_w + w * scale, h * scale * len(tiles)), "white")
+    draw = ImageDraw.Draw(image)
+    for i, (label, arr) in enumerate(tiles):
+        image.paste(Image.fromarray(arr).resize((w * scale, h * scale), Image.NEAREST), (label_w, i * h * scale))
+        draw.text((6, i * h * scale + h * scale // 2 - 6), label, fill="black")
+    return image
 
 
 def short_label(row) -> str:

@@ -51,6 +51,7 @@ sys.path.insert(0, HERE)
 
 import ys_common as common  # noqa: E402
 import ys_model as ymodel  # noqa: E402
+from h2h_timing import AttentionTimer  # noqa: E402
 from ys_sizes import size_named  # noqa: E402
 
 CFG = 3.0
@@ -58,107 +59,6 @@ EXTRA_TOKENS = 256       # core node's extra_tokens default
 CORE_MIN_TOKENS = 12288  # core node's min_tokens default
 SOL_TAUS = (1.0, 1.3, 1.6, 2.0)
 SLA_KEEP = (10.0, 20.0, 30.0)
-STRIP_FRAMES = 4
-RANGE_DENSE, RANGE_SPARSE = "sv_self_attention_warmup_step", "sv_self_attention_sparse_step"
-
-
-class AttentionTimer:
-    """CUDA events around every self-attention call of Wan's blocks, by step.
-
-    Wraps ``comfy.ldm.wan.model.optimized_attention`` (what WanSelfAttention
-    calls, overrides included); a call whose keys are as long as its queries
-    is self-attention (cross-attention keys are the text)."""
-
-    def __init__(self, sigmas: list[float], device, first_sparse: int):
-        import comfy.ldm.wan.model as wan
-
-        self.first_sparse = first_sparse
-        self.wan, self.original = wan, wan.optimized_attention
-        self.sigmas, self.cuda = sigmas, device.type == "cuda"
-        self.events: list[tuple[int, object, object]] = []
-        self.cpu_ms: list[tuple[int, float]] = []
-
-        def timed(q, k, v, *args, **kwargs):
-            if k.shape[1] != q.shape[1]:
-                return self.original(q, k, v, *args, **kwargs)
-            step = self.step_of(kwargs.get("transformer_options") or {})
-            with torch.profiler.record_function(RANGE_SPARSE if step >= self.first_sparse else RANGE_DENSE):
-                return record(step, q, k, v, *args, **kwargs)
-
-        def record(step, q, k, v, *args, **kwargs):
-            if self.cuda:
-                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-                start.record()
-                out = self.original(q, k, v, *args, **kwargs)
-                end.record()
-                self.events.append((step, start, end))
-                return out
-            t = time.perf_counter()
-            out = self.original(q, k, v, *args, **kwargs)
-            self.cpu_ms.append((step, 1000 * (time.perf_counter() - t)))
-            return out
-
-        wan.optimized_attention = timed
-
-    def step_of(self, options) -> int:
-        sig = options.get("sigmas")
-        if sig is None:
-            return -1
-        s = float(sig[0])
-        return min(range(len(self.sigmas) - 1), key=lambda i: abs(self.sigmas[i] - s))
-
-    def reset(self):
-        self.events, self.cpu_ms = [], []
-
-    def kernel_ms(self, run) -> tuple[float, float]:
-        """GPU kernel time (ms) inside self-attention calls over one run(),
-        from the profiler: (warm-up steps, sparse steps). Host time is left
-        out: what the calls cost once the host keeps up, as at real sizes."""
-        activities = [torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA]
-        with torch.profiler.profile(activities=activities) as prof:
-            run()
-            torch.cuda.synchronize()
-        return kernel_time_in_ranges(prof.events(), (RANGE_DENSE, RANGE_SPARSE))
-
-    def per_step_ms(self) -> dict[int, float]:
-        if self.cuda:
-            torch.cuda.synchronize()
-            pairs = [(s, a.elapsed_time(b)) for s, a, b in self.events]
-        else:
-            pairs = self.cpu_ms
-        out: dict[int, float] = {}
-        for s, ms in pairs:
-            out[s] = out.get(s, 0.0) + ms
-        return out
-
-
-def kernel_time_in_ranges(events, names) -> tuple[float, ...]:
-    """Per range name, the summed duration (ms) of the GPU kernels that start
-    inside that range's span on the GPU timeline (the profiler's device-side
-    copy of a record_function range; one stream, so nothing else runs there)."""
-    from torch.autograd import DeviceType
-
-    spans = {name: [] for name in names}
-    kernels = []
-    for e in events:
-        if e.device_type != DeviceType.CUDA:
-            continue
-        if e.name in spans:
-            spans[e.name].append((e.time_range.start, e.time_range.end))
-        else:
-            kernels.append((e.time_range.start, e.time_range.end - e.time_range.start))
-    kernels.sort()
-    starts = [k[0] for k in kernels]
-    import bisect
-
-    totals = []
-    for name in names:
-        total = 0.0
-        for a, b in spans[name]:
-            lo, hi = bisect.bisect_left(starts, a), bisect.bisect_right(starts, b)
-            total += sum(d for _, d in kernels[lo:hi])
-        totals.append(total / 1000.0)
-    return tuple(totals)
 
 
 def sol_kernel(kitchen, tau: float = 1.3, keep_percent: float = 0.0):
@@ -194,40 +94,6 @@ def eight_bit_pairs(configs, by_name, all_latents):
         if name.endswith(" 8-bit") and twin in all_latents:
             ps = [float(common.psnr(all_latents[name][r], all_latents[twin][r])[0]) for r in all_latents[name]]
             yield name, sum(ps) / len(ps)
-
-
-def latent_rgb(latent: torch.Tensor) -> torch.Tensor:
-    """A fixed linear map of the 16 latent channels to 3 maps: the
-    pseudo-inverse of the data's shared channel mixture (ys_data.class_mixing,
-    seed 12345), rows 0-2 = background, object mask, object texture.
-    [16, T, H, W] -> [3, T, H, W] in about [-1, 1]."""
-    import ys_data as data
-
-    shared = torch.Generator().manual_seed(12345)
-    a = 0.5 * torch.randn(data.CHANNELS, data.N_MAPS, generator=shared)
-    to_maps = torch.linalg.pinv(a)[:3]  # [3, 16]
-    x = torch.atanh(latent.float().clamp(-0.999, 0.999) ) / 0.9
-    return torch.einsum("mc,cthw->mthw", to_maps, x).clamp(-1.5, 1.5) / 1.5
-
-
-def strips_image(rows: list[tuple[str, torch.Tensor]], scale: int = 2):
-    from PIL import Image, ImageDraw
-
-    label_w = 260
-    tiles = []
-    for label, lat in rows:
-        rgb = latent_rgb(lat)
-        t = rgb.shape[1]
-        frames = sorted({round(i * (t - 1) / (STRIP_FRAMES - 1)) for i in range(STRIP_FRAMES)})
-        strip = torch.cat([rgb[:, f] for f in frames], dim=2)  # [3, H, F*W]
-        tiles.append((label, ((strip + 1) * 127.5).clamp(0, 255).to(torch.uint8).permute(1, 2, 0).numpy()))
-    h, w = tiles[0][1].shape[:2]
-    image = Image.new("RGB", (label_w + w * scale, h * scale * len(tiles)), "white")
-    draw = ImageDraw.Draw(image)
-    for i, (label, arr) in enumerate(tiles):
-        image.paste(Image.fromarray(arr).resize((w * scale, h * scale), Image.NEAREST), (label_w, i * h * scale))
-        draw.text((6, i * h * scale + h * scale // 2 - 6), label, fill="black")
-    return image
 
 
 def env_info(device, kitchen_version) -> dict:
@@ -268,7 +134,6 @@ def main():
     device = torch.device(args.device)
     ymodel.import_comfy(args.comfyui, cpu=device.type == "cpu")
     import comfy.samplers
-    import comfy_harness  # noqa: F401  (tests/ is on the path through ys_common)
     from core_sparse_standin import apply_core_sparse_standin
     from sparse_vdit.integration.install import apply_plan
     from sparse_vdit.patterns import table_from_block_mask
@@ -404,7 +269,7 @@ def main():
                "attention_ms_per_sparse_step": attn_sparse / sparse_steps,
                "peak_memory_gib": torch.cuda.max_memory_allocated(device) / 2 ** 30 if device.type == "cuda" else None}
         if device.type == "cuda":
-            warm_ms, sparse_ms = timer.kernel_ms(lambda: generate(model, *runs[0]))
+            warm_ms, sparse_ms = timer.kernel_ms(lambda m=model: generate(m, *runs[0]))
             row.update(kernel_ms_per_step=(warm_ms + sparse_ms) / args.steps,
                        kernel_ms_per_sparse_step=sparse_ms / sparse_steps)
         if name == "dense":
@@ -450,7 +315,7 @@ def main():
     try:
         from sparse_vdit.plans.preview import render_plan
 
-        from h2h_plot import markdown, plot
+        from h2h_plot import markdown, plot, strips_image
 
         strips_image(strips).save(os.path.join(args.out, "head_to_head_strips.png"))
         plot(report, os.path.join(args.out, "quality_vs_time.png"))
