@@ -87,7 +87,7 @@ def static_kernel(table, backend: str):
     return run
 
 
-def eight_bit_pairs(configs, by_name, all_latents):
+def eight_bit_pairs(configs, all_latents):
     """(8-bit row name, mean PSNR of its latents against the bf16 run of the same plan)."""
     for name, *_ in configs:
         twin = name.replace(" 8-bit", "")
@@ -293,7 +293,7 @@ def main():
         row["step_speedup"] = dense["step_ms"] / row["step_ms"]
 
     by_name = {r["name"]: r for r in rows}
-    for name, lat in eight_bit_pairs(configs, by_name, all_latents):
+    for name, lat in eight_bit_pairs(configs, all_latents):
         by_name[name]["psnr_vs_bf16_same_plan"] = lat
     from census import census
 

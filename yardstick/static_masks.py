@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import torch
 
-from sparse_vdit.patterns import DEFAULT_BLOCK_M, DEFAULT_BLOCK_N
+from sparse_vdit.patterns import DEFAULT_BLOCK_M, DEFAULT_BLOCK_N, table_from_block_mask
 
 
 def _coords(grid, device):
@@ -67,12 +67,8 @@ def window_mask(grid, frames: int, side: int, block_m: int = DEFAULT_BLOCK_M, bl
 def block_density(mask: torch.Tensor, seq_len: int, block_m: int = DEFAULT_BLOCK_M,
                   block_n: int = DEFAULT_BLOCK_N) -> float:
     """Share of (query, key) token pairs the mask computes (partial tail blocks counted as they are)."""
-    nq, nk = mask.shape
-    q_sizes = torch.full((nq,), block_m, dtype=torch.float64)
-    q_sizes[-1] = seq_len - block_m * (nq - 1)
-    k_sizes = torch.full((nk,), block_n, dtype=torch.float64)
-    k_sizes[-1] = seq_len - block_n * (nk - 1)
-    return float(torch.einsum("qk,q,k->", mask.double().cpu(), q_sizes, k_sizes)) / seq_len ** 2
+    table = table_from_block_mask(mask.cpu()[None], (0,), seq_len, block_m, block_n)
+    return float(table.computed_pairs()[0]) / seq_len ** 2
 
 
 def mask_at_density(kind: str, grid, density: float, device="cpu") -> tuple[torch.Tensor, dict]:

@@ -24,7 +24,6 @@ CALIB_CLASSES = (0, 1, 2, 3)    # calibration prompts
 HELDOUT_CLASSES = (4, 5, 6, 7)  # evaluation prompts (never seen by calibration)
 STEPS, SAMPLER, SCHEDULER, CFG = 20, "euler", "simple", 1.0
 WARMUP = 0.2  # dense warm-up share of the steps (the pack's default)
-GEOMETRY_LATENT = TINY.latent
 
 
 def setup(comfyui: str | None = None):
