@@ -8,6 +8,7 @@ times, in one run on one card:
   - this pack: benchmark mixes of density ~0.5 / 0.35 / 0.3 / 0.2 through
     SparsePatch (full heads on cuDNN), and an all-full plan (the hook's own
     overhead: it routes every call straight down the chain);
+  - SageAttention 1.0.6 dense on every call, where it is installed;
   - ComfyUI core's Sol-Attn kernel (comfy-kitchen) at tau 1.3 where it loads.
 Reports step time, attention share, peak memory, and the projected 50-step
 time with a 20% dense warm-up. Then, attention alone on the same q/k/v
@@ -23,7 +24,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import functools
+import importlib.util
 import itertools
 import json
 import os
@@ -106,6 +107,21 @@ def sol_override(kitchen, tau: float, tokens: int):
     return override
 
 
+def sage_override(func, q, k, v, heads=None, mask=None, **kwargs):
+    """SageAttention 1.0.6 dense on every unmasked call in ComfyUI's flat layout
+    (what a Sage user runs); anything else on cuDNN."""
+    if mask is not None or kwargs.get("skip_reshape") or kwargs.get("skip_output_reshape"):
+        return cudnn_override(func, q, k, v, heads=heads, mask=mask, **kwargs)
+    from sageattention import sageattn
+    b, n, width = q.shape
+    q4, k4, v4 = (x.view(b, x.shape[1], heads, width // heads) for x in (q, k, v))
+    return sageattn(q4, k4, v4, tensor_layout="NHD").reshape(b, n, width)
+
+
+def sage_available() -> bool:
+    return importlib.util.find_spec("sageattention") is not None
+
+
 def flex_patch_class():
     """SparsePatch with FlexAttention serving the sparse heads: the same plan,
     tables and routing (full heads on cuDNN, skipped heads zero), another kernel."""
@@ -149,17 +165,22 @@ def flex_patch_class():
 
 
 @contextlib.contextmanager
-def precision_8bit(full_heads_8bit: bool):
-    """SparsePatch's layer calls at precision '8-bit' (until the patch takes a
-    precision input): full heads in the 8-bit launch too when full_heads_8bit
-    (no other attention override chained), else on the chained dense function."""
-    import sparse_vdit.integration.sparse_patch as sparse_patch
-    original = sparse_patch.layer_attention
-    sparse_patch.layer_attention = functools.partial(original, precision="8-bit", full_heads_8bit=full_heads_8bit)
+def count_8bit_launches():
+    """Counts the 8-bit kernel's launches (kernels/triton_backend.run8), so a
+    row labelled 8-bit that ran bf16 shows it (the rows until 2026-11-30
+    forced the precision by patching layer_attention, which the patch's own
+    precision argument silently overrode)."""
+    import sparse_vdit.kernels.triton_backend as backend
+    original, counter = backend.run8, {"launches": 0}
+
+    def counted(*args, **kwargs):
+        counter["launches"] += 1
+        return original(*args, **kwargs)
+    backend.run8 = counted
     try:
-        yield
+        yield counter
     finally:
-        sparse_patch.layer_attention = original
+        backend.run8 = original
 
 
 def step_options(override=None, wrapper=None, sigma: float = 0.5) -> dict:
@@ -255,16 +276,23 @@ def run_e2e(name: str, config: dict, wan, attention, ops, kitchen, device, dtype
             if "flex " + label[len("sparse "):] in rows:
                 rows["flex " + label[len("sparse "):]].update(calls=dict(flex.counts), note=next(
                     (f.note for f in flex.flex.values()), None))
-    if device.type == "cuda":  # the same plans with the 8-bit kernel (kernels/triton_sparse8.py)
+    if device.type == "cuda":  # the same plans at the patch's precision "8-bit" (kernels/triton_sparse8.py)
         for density in densities:
             plan = plans[f"sparse d={density}"]
-            for label, full8 in ((f"8bit d={density}", True), (f"8bit-full-on-cudnn d={density}", False)):
-                patch = SparsePatch(plan, info, DenseSchedule(0.0), previous=cudnn_override, backend=backend)
-                with precision_8bit(full8):
+            # Nothing chained before the patch: full heads join the 8-bit launch (the
+            # rest of the model's attention runs on ComfyUI's default); cuDNN chained:
+            # full heads stay on it.
+            for label, previous in ((f"8bit d={density}", None), (f"8bit-full-on-cudnn d={density}", cudnn_override)):
+                patch = SparsePatch(plan, info, DenseSchedule(0.0), previous=previous, backend=backend,
+                                    precision="8-bit")
+                with count_8bit_launches() as launched:
                     record(label, lambda: step_options(patch, patch.wrap_forward), plan_name=plan.name,
-                           density=rows.get(f"sparse d={density}", {}).get("density"), full_heads_8bit=full8)
+                           density=rows.get(f"sparse d={density}", {}).get("density"),
+                           full_heads_8bit=previous is None)
                 if label in rows:
-                    rows[label]["calls"] = dict(patch.counts)
+                    rows[label].update(calls=dict(patch.counts), launches_8bit=launched["launches"])
+    if device.type == "cuda" and sage_available():
+        record("sage-1.0.6 dense", lambda: step_options(sage_override))
     if kitchen is not None:
         record("sol-attn tau=1.3", lambda: step_options(sol_override(kitchen, 1.3, geometry.seq_len)))
 

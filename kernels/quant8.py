@@ -10,15 +10,21 @@ serves into:
   tokens subtracted: q.(k - m) = q.k - q.m is constant along a softmax row,
   so this is exact for any key subset), then one scale per key block of
   block_n tokens in ks [B, S, Lp / block_n].
-- vt8 fp8 e4m3 [B, S, D, Lp]: V smoothed first (its per-head channel mean
-  over all tokens, rounded to bf16, subtracted and kept in vmean [B, S, D]:
-  the kernel adds it back after the softmax division, since the weights of
-  a row sum to one), then per channel (scale = channel amax / 448 in vs
-  [B, S, D]), stored token-contiguous because 8-bit tensor-core operands
-  must be K-major (the kernel reads a [D, block_n] tile and transposes it).
-  Smoothing cuts the error where V has channel offsets, as real video
-  models' values do (benchmarks/accuracy8_budget.py: 0.0080 -> 0.0033
-  relative L1 with 3-sigma offsets), and costs nothing elsewhere.
+- vt8 fp8 e4m3 [B, S, D, Lp]: V per channel (scale = max |v - offset| /
+  448 in vs [B, S, D]), stored token-contiguous because 8-bit tensor-core
+  operands must be K-major (the kernel reads a [D, block_n] tile and
+  transposes it). offset (vmean [B, S, D]) is the channel's mean over all
+  tokens, rounded to bf16, for channels whose mean is large against their
+  range (|mean| > range / 32, about 0.25 sigma; near-constant channels
+  excepted), else 0; the kernel adds it back (a row's weights sum to one:
+  acc gains l * offset / scale before the division, so no register is
+  spent on it in the epilogue: an add after the division cost the kernel
+  its third resident program per SM on an H200, 16% of its speed). Why only
+  there (benchmarks/accuracy8_budget.py): on a real offset smoothing cuts
+  the error several-fold (3 sigma: 0.0017 -> 0.0002 relative L1), but
+  shifting bf16 values by a small mean biases e4m3's rounding, and on long
+  diffuse rows that bias is what remains (random V, 75,584 keys: 0.040 ->
+  0.055).
 
 S is the number of head slots (table.heads order), Lp the sequence length
 rounded up to 128; padded tokens are zero in every buffer, so the kernel
@@ -62,7 +68,8 @@ class Quantized:
     vt8: torch.Tensor | None  # fp8 e4m3 [B, S, D, Lp], or None when PV runs in 16 bits
     vs: torch.Tensor   # fp32 [B, S, D] (ones when vt8 is None)
     kmean: torch.Tensor  # fp32 [B, S, D]
-    vmean: torch.Tensor  # fp32 [B, S, D], bf16 values (zeros when vt8 is None)
+    vmean: torch.Tensor  # fp32 [B, S, D], V's offsets (bf16 values; zeros when vt8 is None)
+    voff: torch.Tensor   # fp32 [B, S, D], vmean / vs: what the kernel adds to acc / l before scaling
     seq_len: int
     block_n: int
 
@@ -185,11 +192,24 @@ if triton is not None:
             tl.store(VT8 + (bs64 * HEAD_DIM + offs_d[None, :]) * l_pad + t64, v8)
 
 
-def _bf16_mean(total: torch.Tensor, seq_len: int) -> torch.Tensor:
-    """V's channel mean, rounded to bf16 (kept in fp32): any vector is exact
-    to subtract, and the rounding makes the mean, and the scale derived from
-    it, the same whatever order the device summed in."""
-    return (total / seq_len).to(torch.bfloat16).float()
+# A channel is smoothed when |mean| exceeds its range over this: about a
+# quarter sigma for Gaussian-like values (benchmarks/accuracy8_budget.py).
+SMOOTH_RANGE_RATIO = 32.0
+# ... and not when it is near-constant (range below |mean| over this): the
+# kernel adds offset / scale times the row sum into its fp32 accumulator,
+# which this keeps within 2^21 of the accumulator's own scale.
+NEAR_CONSTANT_RATIO = 1024.0
+
+
+def _v_offsets(total: torch.Tensor, vmax: torch.Tensor, vmin: torch.Tensor, seq_len: int) -> torch.Tensor:
+    """V's channel mean, rounded to bf16 (kept in fp32; any rounding is exact
+    to subtract and makes the offset the same whatever order the device
+    summed in), where it is large against the channel's range (but the
+    channel is not near-constant), else 0."""
+    mean = (total / seq_len).to(torch.bfloat16).float()
+    spread = vmax - vmin
+    smooth = (mean.abs() * SMOOTH_RANGE_RATIO > spread) & (spread * NEAR_CONSTANT_RATIO > mean.abs())
+    return torch.where(smooth, mean, torch.zeros((), device=mean.device))
 
 
 def _centred_scale(vmax: torch.Tensor, vmin: torch.Tensor, vmean: torch.Tensor) -> torch.Tensor:
@@ -218,8 +238,9 @@ def quantize_triton(q, k, v, heads_t: torch.Tensor, block_n: int, scale: float, 
         HEAD_DIM=head_dim, CHUNK=STATS_CHUNK, SUB=64, WANT_V=pv_fp8, num_warps=num_warps)
     kmean = (ksum.sum(1) / seq_len).view(batch, n_slots, head_dim)
     if pv_fp8:
-        vmean = _bf16_mean(vsum.sum(1), seq_len)
-        vs = _centred_scale(vmax.amax(1), vmin.amin(1), vmean).view(batch, n_slots, head_dim)
+        vmax, vmin = vmax.amax(1), vmin.amin(1)
+        vmean = _v_offsets(vsum.sum(1), vmax, vmin, seq_len)
+        vs = _centred_scale(vmax, vmin, vmean).view(batch, n_slots, head_dim)
         vmean = vmean.view(batch, n_slots, head_dim)
     else:
         vs = torch.ones(batch, n_slots, head_dim, dtype=torch.float32, device=dev)
@@ -236,7 +257,7 @@ def quantize_triton(q, k, v, heads_t: torch.Tensor, block_n: int, scale: float, 
         v.stride(0), v.stride(1), v.stride(2),
         HEAD_DIM=head_dim, BLOCK=block_n, PV_FP8=pv_fp8,
         EMULATE_FP8=os.environ.get("TRITON_INTERPRET", "0") == "1", num_warps=num_warps)
-    return Quantized(q8, qs, k8, ks, vt8, vs, kmean, vmean, seq_len, block_n)
+    return Quantized(q8, qs, k8, ks, vt8, vs, kmean, vmean, vmean / vs, seq_len, block_n)
 
 
 # --------------------------------------------------------------------------
@@ -270,15 +291,17 @@ def quantize_torch(q, k, v, heads, block_n: int, scale: float, pv_fp8: bool) -> 
     k8 = _round_half_away_torch(kb / k_scale[..., None, None]).to(torch.int8).view_as(kc)
     if pv_fp8:
         real = vf[:, :, :seq_len]
-        vmean = _bf16_mean(real.sum(2), seq_len)
-        vs = _centred_scale(real.amax(2), real.amin(2), vmean)
+        vmax, vmin = real.amax(2), real.amin(2)
+        vmean = _v_offsets(real.sum(2), vmax, vmin, seq_len)
+        vs = _centred_scale(vmax, vmin, vmean)
         vc = torch.where(valid, vf - vmean[:, :, None], torch.zeros((), device=dev))
         vt8 = (vc / vs[:, :, None]).to(fp8_dtype()).transpose(2, 3).contiguous()
     else:
         vs = torch.ones(batch, len(heads), head_dim, dtype=torch.float32, device=dev)
         vmean = torch.zeros_like(vs)
         vt8 = None
-    return Quantized(q8, q_scale * (scale * LOG2E), k8, k_scale, vt8, vs, kmean, vmean, seq_len, block_n)
+    return Quantized(q8, q_scale * (scale * LOG2E), k8, k_scale, vt8, vs, kmean, vmean, vmean / vs, seq_len,
+                     block_n)
 
 
 def dequantize(qz: Quantized, v_orig: torch.Tensor, heads, scale: float):
