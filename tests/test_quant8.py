@@ -513,7 +513,7 @@ def test_kernel8_hopper_variant_fits_three_programs_per_sm(kv_tail):
     """The Hopper variant (TMA, 64-row tiles, 4 warps, 3 stages) runs three
     programs per SM; one more vector live in the epilogue once took it to
     213 registers (two programs, 16% slower on an H200:
-    benchmarks/results/kernels8_vsmooth_ab.json). Compiled with the
+    benchmarks/results/kernels8_vsmooth_ab_before_fix.json). Compiled with the
     divisibility the launcher's arguments get at Wan's shapes, with
     default_config8's Hopper settings."""
     _cuda_backend_or_skip()
