@@ -148,6 +148,52 @@ if triton is not None:
             tl.store(VMIN + out, vmin)
 
     @triton.jit
+    def _round_bf16(x):
+        """fp32 -> nearest bf16 (ties to even), kept in fp32: explicit bits,
+        because the interpreter's bf16 cast truncates while the GPU's rounds."""
+        bits = x.to(tl.uint32, bitcast=True)
+        bits = (bits + (((bits >> 16) & 1) + 0x7FFF)) & 0xFFFF0000
+        return bits.to(tl.float32, bitcast=True)
+
+    @triton.jit
+    def _finalize(KSUM, VSUM, VMAX, VMIN, KMEAN, VMEAN, VS, VOFF, seq_len, n_chunks,
+                  HEAD_DIM: tl.constexpr, WANT_V: tl.constexpr, SMOOTH_RATIO: tl.constexpr,
+                  NEAR_CONSTANT: tl.constexpr, TINY: tl.constexpr, VMAX_FP8: tl.constexpr):
+        """Per (batch x slot): the chunks' partials reduced to K's mean and
+        V's offsets, scales and offset / scale, in one launch (the rule of
+        _v_offsets and _centred_scale; IEEE divisions, as torch's)."""
+        bs = tl.program_id(0).to(tl.int64)
+        offs_d = tl.arange(0, HEAD_DIM)
+        ksum = tl.zeros([HEAD_DIM], tl.float32)
+        vsum = tl.zeros([HEAD_DIM], tl.float32)
+        vmax = tl.full([HEAD_DIM], float("-inf"), tl.float32)
+        vmin = tl.full([HEAD_DIM], float("inf"), tl.float32)
+        for c in tl.range(0, n_chunks):
+            part = (bs * n_chunks + c) * HEAD_DIM + offs_d
+            ksum += tl.load(KSUM + part)
+            if WANT_V:
+                vsum += tl.load(VSUM + part)
+                vmax = tl.maximum(vmax, tl.load(VMAX + part))
+                vmin = tl.minimum(vmin, tl.load(VMIN + part))
+        out = bs * HEAD_DIM + offs_d
+        n = tl.full([HEAD_DIM], seq_len, tl.float32)
+        tl.store(KMEAN + out, tl.math.div_rn(ksum, n))
+        if WANT_V:
+            mean = _round_bf16(tl.math.div_rn(vsum, n))
+            spread = vmax - vmin
+            smooth = (tl.abs(mean) * SMOOTH_RATIO > spread) & (spread * NEAR_CONSTANT > tl.abs(mean))
+            off = tl.where(smooth, mean, 0.0)
+            vs = tl.math.div_rn(tl.maximum(tl.maximum(vmax - off, off - vmin), TINY),
+                                tl.full([HEAD_DIM], VMAX_FP8, tl.float32))
+            tl.store(VMEAN + out, off)
+            tl.store(VS + out, vs)
+            tl.store(VOFF + out, tl.math.div_rn(off, vs))
+        else:
+            tl.store(VMEAN + out, tl.zeros([HEAD_DIM], tl.float32))
+            tl.store(VS + out, tl.full([HEAD_DIM], 1.0, tl.float32))
+            tl.store(VOFF + out, tl.zeros([HEAD_DIM], tl.float32))
+
+    @triton.jit
     def _quantize(Q, K, V, heads_ptr, KMEAN, VMEAN, VS, Q8, QS, K8, KS, VT8,
                   seq_len, l_pad, n_slots, qk_scale,
                   sqb, sql, sqh, skb, skl, skh, svb, svl, svh,
@@ -236,15 +282,12 @@ def quantize_triton(q, k, v, heads_t: torch.Tensor, block_n: int, scale: float, 
         k, v, heads_t, ksum, vsum, vmax, vmin, seq_len, n_slots, n_chunks,
         k.stride(0), k.stride(1), k.stride(2), v.stride(0), v.stride(1), v.stride(2),
         HEAD_DIM=head_dim, CHUNK=STATS_CHUNK, SUB=64, WANT_V=pv_fp8, num_warps=num_warps)
-    kmean = (ksum.sum(1) / seq_len).view(batch, n_slots, head_dim)
-    if pv_fp8:
-        vmax, vmin = vmax.amax(1), vmin.amin(1)
-        vmean = _v_offsets(vsum.sum(1), vmax, vmin, seq_len)
-        vs = _centred_scale(vmax, vmin, vmean).view(batch, n_slots, head_dim)
-        vmean = vmean.view(batch, n_slots, head_dim)
-    else:
-        vs = torch.ones(batch, n_slots, head_dim, dtype=torch.float32, device=dev)
-        vmean = torch.zeros_like(vs)
+    kmean, vmean, vs, voff = (torch.empty(batch, n_slots, head_dim, dtype=torch.float32, device=dev)
+                              for _ in range(4))
+    _finalize[(batch * n_slots,)](
+        ksum, vsum, vmax, vmin, kmean, vmean, vs, voff, seq_len, n_chunks,
+        HEAD_DIM=head_dim, WANT_V=pv_fp8, SMOOTH_RATIO=SMOOTH_RANGE_RATIO, NEAR_CONSTANT=NEAR_CONSTANT_RATIO,
+        TINY=_TINY, VMAX_FP8=FP8_MAX, num_warps=1)
     q8 = torch.empty(batch, n_slots, l_pad, head_dim, dtype=torch.int8, device=dev)
     k8 = torch.empty_like(q8)
     qs = torch.empty(batch, n_slots, l_pad, dtype=torch.float32, device=dev)
@@ -257,7 +300,7 @@ def quantize_triton(q, k, v, heads_t: torch.Tensor, block_n: int, scale: float, 
         v.stride(0), v.stride(1), v.stride(2),
         HEAD_DIM=head_dim, BLOCK=block_n, PV_FP8=pv_fp8,
         EMULATE_FP8=os.environ.get("TRITON_INTERPRET", "0") == "1", num_warps=num_warps)
-    return Quantized(q8, qs, k8, ks, vt8, vs, kmean, vmean, vmean / vs, seq_len, block_n)
+    return Quantized(q8, qs, k8, ks, vt8, vs, kmean, vmean, voff, seq_len, block_n)
 
 
 # --------------------------------------------------------------------------

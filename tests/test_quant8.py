@@ -70,12 +70,17 @@ def emulated_reference(qz, v, table, scale, rows=None):
 
 def adversarial(q, k, v, gen, kind):
     """In place: 'kbias' adds a large per-channel bias to K (what smoothing
-    removes); 'voutlier' makes a few V channels 100x larger; 'both'."""
+    removes); 'voutlier' makes a few V channels 100x larger; 'both';
+    'voffset' gives half of V's channels an offset (which V smoothing takes
+    out) and makes one channel constant (which it must leave alone)."""
     d = q.shape[-1]
     if kind in ("kbias", "both"):
         k += (20.0 * torch.randn(d, generator=gen)).to(k.device, k.dtype)
     if kind in ("voutlier", "both"):
         v[..., : max(1, d // 32)] *= 100.0
+    if kind == "voffset":
+        v[..., : d // 2] += (3.0 * torch.randn(d // 2, generator=gen)).to(v.device, v.dtype)
+        v[..., d - 1] = 7.0
 
 
 def one_block_table(geometry, bm, bn, device, heads=(0, 2)):
@@ -127,6 +132,8 @@ def check_case8(spec, device):
     t8.prepare_table(table)
     heads_t = table.derived["triton_heads"]
     qz = quant8.quantize_triton(q, k, v, heads_t, bn, scale, pv_fp8)
+    if spec.get("adv") == "voffset" and pv_fp8:
+        assert (qz.voff != 0).any(), "no V channel smoothed: the kernel's offset add is not exercised"
     t8.launch8(qz, v, out, table.kv_offsets, table.kv_indices, heads_t, bm, bn, spec.get("cfg"))
     others = [h for h in range(n_heads) if h not in table.heads]
     assert torch.isnan(out[:, :, others]).all(), "kernel wrote heads outside the table"
@@ -171,8 +178,11 @@ def check_prepass(spec, device):
         assert torch.allclose(a.kmean, b.kmean, rtol=1e-5, atol=1e-5 * float(b.kmean.abs().max()))
         if pv_fp8:
             assert torch.equal(a.vt8.view(torch.uint8), b.vt8.view(torch.uint8)), "vt8 differs"
+            if spec.get("adv") == "voffset":  # the rule both sides share really ran both ways
+                smoothed = (a.vmean != 0).sum(-1)
+                assert (smoothed >= 1).all() and (a.vmean[..., -1] == 0).all(), a.vmean
         else:
-            assert a.vt8 is None
+            assert a.vt8 is None and (a.vmean == 0).all() and (a.voff == 0).all() and (a.vs == 1).all()
     return {}
 
 
@@ -269,12 +279,17 @@ CASES8 = {
     "one-block-rows-fp16-fp8": dict(layer="one_block", g=G_MID, dtype="float16", d=64, layout="flat", b=3,
                                     pv_fp8=True),
     "empty-rows-fp16-fp8": dict(layer="empty", g=G_MID, dtype="float16", d=64, layout="flat", b=2, pv_fp8=True),
+    "adv-voffset-mid-bf16-d64-fp8": dict(layer="mixed5", g=G_MID, dtype="bfloat16", d=64, layout="flat", b=2,
+                                         pv_fp8=True, adv="voffset"),
+    "empty-rows-voffset-fp16-fp8": dict(layer="empty", g=G_MID, dtype="float16", d=64, layout="flat", b=2,
+                                        pv_fp8=True, adv="voffset"),
     "long-row-1026-blocks-fp8": dict(layer="long", seq_len=65600, dtype="float16", d=64, layout="flat", b=1,
                                      pv_fp8=True),
 }
 PREPASS_CASES = {
     "prepass-fp16-d64-flat": dict(g=G_ODD, dtype="float16", d=64, layout="flat", b=3),
     "prepass-bf16-d128-bhld-adv": dict(g=G_MID, dtype="bfloat16", d=128, layout="bhld", b=2, adv="both"),
+    "prepass-bf16-d64-flat-voffset": dict(g=G_MID, dtype="bfloat16", d=64, layout="flat", b=2, adv="voffset"),
 }
 OTHER = ("dispatch", "compile")
 
@@ -566,6 +581,11 @@ def test_prepass_compiles_for_gpu(pv_fp8):
            "VMIN": "*fp32"}
     sig.update({name: "i32" for name in ("seq_len", "n_slots", "n_chunks", "skb", "skl", "skh", "svb", "svl", "svh")})
     _compile_sm(quant8._stats, sig, dict(HEAD_DIM=128, CHUNK=quant8.STATS_CHUNK, SUB=64, WANT_V=pv_fp8), 90)
+    sig = {name: "*fp32" for name in ("KSUM", "VSUM", "VMAX", "VMIN", "KMEAN", "VMEAN", "VS", "VOFF")}
+    sig.update(seq_len="i32", n_chunks="i32")
+    _compile_sm(quant8._finalize, sig, dict(HEAD_DIM=128, WANT_V=pv_fp8, SMOOTH_RATIO=quant8.SMOOTH_RANGE_RATIO,
+                                            NEAR_CONSTANT=quant8.NEAR_CONSTANT_RATIO, TINY=quant8._TINY,
+                                            VMAX_FP8=quant8.FP8_MAX), 90, num_warps=1)
 
 
 # --------------------------------------------------------------------------
@@ -617,6 +637,10 @@ GPU_CASES8 = {
                                             pv_fp8=True, cfg={"tile_m": 128, "num_warps": 8}),
     "gpu-adv-both-bf16-d128": dict(layer="mixed5", g=G_480, dtype="bfloat16", d=128, layout="flat", b=2,
                                    pv_fp8=True, adv="both"),
+    "gpu-adv-voffset-bf16-d128": dict(layer="mixed5", g=G_480, dtype="bfloat16", d=128, layout="flat", b=2,
+                                      pv_fp8=True, adv="voffset"),
+    "gpu-empty-rows-voffset": dict(layer="empty", g=G_480, dtype="bfloat16", d=128, layout="flat", b=2,
+                                   pv_fp8=True, adv="voffset"),
     "gpu-one-block-rows": dict(layer="one_block", g=G_480, dtype="bfloat16", d=128, layout="flat", b=3,
                                pv_fp8=True),
     "gpu-empty-rows": dict(layer="empty", g=G_480, dtype="bfloat16", d=128, layout="flat", b=2, pv_fp8=True),
