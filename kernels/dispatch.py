@@ -33,11 +33,12 @@ _triton_failures: set[tuple] = set()  # shapes whose Triton launch failed once
 PRECISIONS = ("bf16", "8-bit", "auto")
 # "auto" runs a layer in 8 bits only when its launch averages at least this
 # many keys per query: the pre-pass costs about one pass over q/k/v per call
-# (0.30 ms at Wan 1.3B 480p, 1.9 ms at 14B 720p on an H200) and the 8-bit
-# kernel saves about 2e-10 ms per (query, key) pair against bf16 there, so it
-# breaks even near 2,900-3,800 keys per query (diagonal rows of 5-7 blocks
-# and one-frame stripes stay bf16; benchmarks/results/kernels8_NVIDIA_H200*.md).
-AUTO_MIN_KEYS_PER_QUERY = 3500
+# (0.43 ms at Wan 1.3B 480p, 2.4 ms at 14B 720p on an H200 in the run of
+# 2026-11-30) and the 8-bit kernel is 15-20% faster than bf16 per block, so
+# it breaks even near 7,300 (1.3B) and 4,600 (14B) keys per query; measured
+# there, every table above 7,500 gained (1.04-1.22x) and every one below it
+# lost (0.42-0.96x) (benchmarks/results/kernels8_NVIDIA_H200.md).
+AUTO_MIN_KEYS_PER_QUERY = 7500
 _logged_8bit: set[str] = set()
 _tables8: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # CompiledLayer -> table with full rows
 
