@@ -203,6 +203,14 @@ def run_shape(shape, args, results, log, state):
                 record(plan=label, backend="ours-bf16", variant="tile64", density=density, ms=ms64,
                        tflops=flops / ms64 * 1e-9, eff=flops / ms64 * 1e-9 / cudnn_tf, speedup=cudnn_ms / ms64,
                        metrics=head_metrics(ob2[0, rows][:, sel], refp))
+                for per_program in (2, 4):  # several rows per program (kernels/triton_sparse_rows.py)
+                    cfg_rows = {"rows_per_program": per_program}
+                    ob2.fill_(float("nan"))
+                    msr = bench(lambda: ts._launch(q4, k4, v4, ob2, table.kv_offsets, table.kv_indices, heads_t,
+                                                   None, seq_len, 128, 64, scale, cfg_rows))
+                    record(plan=label, backend="ours-bf16", variant=f"rows{per_program}", density=density, ms=msr,
+                           tflops=flops / msr * 1e-9, eff=flops / msr * 1e-9 / cudnn_tf, speedup=cudnn_ms / msr,
+                           metrics=head_metrics(ob2[0, rows][:, sel], refp))
             if label in ("dense-table", "mixed~0.35", "diagonal(2)"):  # 16-bit PV variant (pre-sm_89 path)
                 o16 = torch.full_like(q4, float("nan"))
                 ms16 = bench(lambda: t8.sparse_attention8_triton(q4, k4, v4, o16, table, scale, pv_fp8=False))
@@ -291,8 +299,9 @@ def summary(results):
         rows.append(f"{r['shape']} | {r['plan']} | {r['density']:.2f} | {eb or 0:.3f} / {r['eff']:.3f} / "
                     f"{ek or 0:.3f} | {r['metrics'][0]:.5f} | {r['metrics'][1]:.4f}")
     for r in results:
-        if r.get("variant") == "tile64" and "error" not in r:
-            rows.append(f"{r['shape']} | {r['plan']} | bf16 tile64 eff {r['eff']:.3f}")
+        if r.get("variant") in ("tile64", "rows2", "rows4") and "error" not in r:
+            rows.append(f"{r['shape']} | {r['plan']} | bf16 {r['variant']} eff {r['eff']:.3f} "
+                        f"(cos {r['metrics'][0]:.5f})")
     for r in results:
         if r.get("backend") in ("cudnn-bf16", "sage-1.0.6") and "error" not in r:
             rows.append(f"{r['shape']} | {r['backend']} {r.get('inputs', 'random')} | ms {r.get('ms') or 0:.2f} | "

@@ -370,21 +370,30 @@ def _launch(q, k, v, out, kv_offsets, kv_indices, heads_t, order, seq_len: int,
     tile_m = int(cfg.get("tile_m") or block_m)
     if tile_m not in (64, 128) or block_m % tile_m:
         raise ValueError(f"tile_m {tile_m} must be 64 or 128 and divide block_m {block_m}")
-    grid = (n_slots * n_q_blocks * (block_m // tile_m), batch)
-    _sparse_attn_fwd[grid](
-        q, k, v, target, k_desc, v_desc,
-        kv_offsets, kv_indices, heads_t, order_arg,
-        seq_len, n_q_blocks, n_k_blocks, scale * _LOG2E,
-        q.stride(0), q.stride(1), q.stride(2),
-        k.stride(0), k.stride(1), k.stride(2),
-        v.stride(0), v.stride(1), v.stride(2),
-        target.stride(0), target.stride(1), target.stride(2),
-        kg[0], kg[1], kg[2], vg[0], vg[1], vg[2],
-        HEAD_DIM=head_dim, BLOCK_M=block_m, BLOCK_N=block_n,
-        USE_TMA=use_tma, USE_ORDER=use_order, KV_TAIL=(seq_len % block_n != 0),
-        DOT_PREC=dot_prec, UPCAST=upcast, WARP_SPEC=bool(cfg.get("ws", False)), TILE_M=tile_m,
-        num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
-    )
+    rows = int(cfg.get("rows_per_program") or 1)
+    if rows > 1:  # several rows per program (triton_sparse_rows.py): natural order, whole rows
+        if tile_m != block_m or use_order or cfg.get("ws"):
+            raise ValueError("rows_per_program needs tile_m = block_m, the natural order and no ws")
+        from .triton_sparse_rows import launch_rows
+        launch_rows(q, k, v, target, kv_offsets, kv_indices, heads_t, seq_len, n_q_blocks, n_k_blocks,
+                    scale * _LOG2E, block_m, block_n, rows, bool(cfg.get("tma")), dot_prec, upcast,
+                    cfg["num_warps"], cfg["num_stages"])
+    else:
+        grid = (n_slots * n_q_blocks * (block_m // tile_m), batch)
+        _sparse_attn_fwd[grid](
+            q, k, v, target, k_desc, v_desc,
+            kv_offsets, kv_indices, heads_t, order_arg,
+            seq_len, n_q_blocks, n_k_blocks, scale * _LOG2E,
+            q.stride(0), q.stride(1), q.stride(2),
+            k.stride(0), k.stride(1), k.stride(2),
+            v.stride(0), v.stride(1), v.stride(2),
+            target.stride(0), target.stride(1), target.stride(2),
+            kg[0], kg[1], kg[2], vg[0], vg[1], vg[2],
+            HEAD_DIM=head_dim, BLOCK_M=block_m, BLOCK_N=block_n,
+            USE_TMA=use_tma, USE_ORDER=use_order, KV_TAIL=(seq_len % block_n != 0),
+            DOT_PREC=dot_prec, UPCAST=upcast, WARP_SPEC=bool(cfg.get("ws", False)), TILE_M=tile_m,
+            num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
+        )
     if target is not out:
         heads = heads_t.tolist()
         out[:, :, heads] = target[:, :, heads]

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import zlib
@@ -56,6 +57,15 @@ CASES = {
                                    cfg={"tile_m": 64}),
     "mixed5-fp16-d64-bhld-tma-lpt-tile64": dict(layer="mixed5", g=G_ODD, dtype="float16", d=64, layout="bhld",
                                                 b=3, cfg={"tma": True, "order": "lpt", "tile_m": 64}),
+    # several rows per program (triton_sparse_rows.py): programs that cross heads, empty rows, ragged tails
+    "mixed5-fp16-d64-rows3": dict(layer="mixed5", g=G_MID, dtype="float16", d=64, layout="flat", b=2,
+                                  cfg={"rows_per_program": 3}),
+    "empty-rows-fp16-d64-rows4": dict(layer="empty", g=G_MID, dtype="float16", d=64, layout="flat", b=2,
+                                      cfg={"rows_per_program": 4}),
+    "diagonal-bf16-d64-bhld-tma-rows2": dict(layer="diagonal", g=G_ODD, dtype="bfloat16", d=64, layout="bhld",
+                                             b=3, cfg={"tma": True, "rows_per_program": 2}),
+    "mixed5-fp32-d128-flat-tma-rows5": dict(layer="mixed5", g=G_VID, dtype="float32", d=128, layout="flat", b=1,
+                                            cfg={"tma": True, "rows_per_program": 5}),
     "errors": dict(kind="errors"),
     "torch-compile": dict(kind="compile"),
 }
@@ -349,6 +359,28 @@ def test_kernel_compiles_for_sm90(tma, tile_m, ws):
     assert "warp_group_dot" in compiled.asm["ttgir"]
 
 
+@pytest.mark.parametrize("tma", [True, False])
+def test_rows_kernel_compiles_for_sm90(tma):
+    """The several-rows-per-program variant compiles for Hopper (branches that
+    reassign q / acc inside the flat loop, stores under a data-dependent if)."""
+    _cuda_backend_or_skip()
+    from sparse_vdit.kernels import triton_sparse_rows as tr
+    sig = {name: "*bf16" for name in ("Q", "K", "V", "O")}
+    sig["k_desc"] = sig["v_desc"] = "tensordesc<bf16[1, 1, 64, 128]>" if tma else "*bf16"
+    sig.update({name: "*i32" for name in ("kv_offsets", "kv_indices", "entry_rows", "heads_ptr")})
+    sig.update({name: "i32" for name in ("seq_len", "n_rows", "n_q_blocks", "n_k_blocks", "sqb", "sql", "sqh", "skb",
+                                         "skl", "skh", "svb", "svl", "svh", "sob", "sol", "soh")})
+    sig["qk_scale"] = "fp32"
+    const = dict(HEAD_DIM=128, BLOCK_M=128, BLOCK_N=64, ROWS=4, USE_TMA=tma, KV_TAIL=True, DOT_PREC="tf32",
+                 UPCAST=False)
+    compiled = _compile_sm(tr._sparse_attn_rows_fwd, sig, const, 90, num_stages=2)
+    ttgir = compiled.asm["ttgir"]
+    assert "warp_group_dot" in ttgir
+    if tma:  # K and V both multi-buffered: their loads are pipelined across rows
+        buffers = re.findall(r"local_alloc : \(\) -> !ttg.memdesc<(\d+)x64x128xbf16", ttgir)
+        assert len(buffers) == 2 and all(int(n) >= 2 for n in buffers), buffers
+
+
 def test_triton_available_cpu_without_interpreter():
     if not _triton_importable():
         pytest.skip("triton is not installed")
@@ -382,6 +414,12 @@ GPU_CASES = {
                                          layout="flat", b=3, cfg={"tile_m": 64}),
     "empty-rows-bf16-d128-tile64-lpt": dict(layer="empty", g=(5, 30, 52, 0, 0), dtype="bfloat16", d=128,
                                             layout="flat", b=2, cfg={"tile_m": 64, "order": "lpt"}),
+    "mixed5-bf16-d128-flat-rows4": dict(layer="mixed5", g=(5, 30, 52, 7, 9), dtype="bfloat16", d=128,
+                                        layout="flat", b=2, cfg={"rows_per_program": 4}),
+    "diagonal-bf16-d128-bhld-rows3-ptr": dict(layer="diagonal", g=(5, 30, 52, 0, 3), dtype="bfloat16", d=128,
+                                              layout="bhld", b=2, cfg={"rows_per_program": 3, "tma": False}),
+    "empty-rows-bf16-d128-rows2": dict(layer="empty", g=(5, 30, 52, 0, 0), dtype="bfloat16", d=128,
+                                       layout="flat", b=2, cfg={"rows_per_program": 2}),
 }
 
 
