@@ -243,7 +243,8 @@ if triton is not None:
 SMOOTH_RANGE_RATIO = 32.0
 # ... and not when it is near-constant (range below |mean| over this): the
 # kernel adds offset / scale times the row sum into its fp32 accumulator,
-# which this keeps within 2^21 of the accumulator's own scale.
+# and this keeps offset / scale below 448 * 2^11, i.e. within 2^11 of the
+# accumulator's own range (11 of fp32's 24 bits at worst).
 NEAR_CONSTANT_RATIO = 1024.0
 
 
