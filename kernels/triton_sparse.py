@@ -52,22 +52,11 @@ table.computed_pairs()).
 """
 from __future__ import annotations
 
-import os
 from typing import Optional
 
 import torch
 
-try:  # Triton is optional: without it the dispatcher uses the reference path.
-    import triton
-    import triton.language as tl
-except Exception:  # pragma: no cover - depends on the environment
-    triton = None
-    tl = None
-
-try:
-    from triton.tools.tensor_descriptor import TensorDescriptor
-except Exception:  # pragma: no cover - older Triton
-    TensorDescriptor = None
+from .triton_blocks import TensorDescriptor, _interpreting, tl, triton  # noqa: F401 (re-exported)
 
 SUPPORTED_HEAD_DIMS = (64, 128)
 SUPPORTED_BLOCKS = (64, 128)
@@ -76,10 +65,6 @@ SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 # (benchmarks/NOTES.md): natural (query block fastest) beats longest-first.
 DEFAULT_ORDER = "natural"
 _LOG2E = 1.4426950408889634
-
-
-def _interpreting() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
 def triton_available(device) -> bool:
@@ -98,6 +83,7 @@ def triton_available(device) -> bool:
 # Kernel
 # --------------------------------------------------------------------------
 if triton is not None:
+    from .triton_blocks import _attend_block
 
     @triton.jit
     def _full_blocks_end(kv_indices, start, end, n_k_blocks, KV_TAIL: tl.constexpr):
@@ -111,22 +97,6 @@ if triton is not None:
                 if last == n_k_blocks - 1:
                     full_end = end - 1
         return full_end
-
-    @triton.jit
-    def _attend_block(acc, m_i, l_i, q, k, v, qk_scale, kv_start, seq_len,
-                      MASK_KV: tl.constexpr, BLOCK_N: tl.constexpr, DOT_PREC: tl.constexpr):
-        # Scores in log2 units: exp2(s * scale * log2 e - m) == exp(s * scale - m').
-        s = tl.dot(q, tl.trans(k), input_precision=DOT_PREC)
-        if MASK_KV:
-            cols = kv_start + tl.arange(0, BLOCK_N)
-            s = tl.where((cols < seq_len)[None, :], s, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(s, 1) * qk_scale)
-        p = tl.math.exp2(s * qk_scale - m_new[:, None])
-        alpha = tl.math.exp2(m_i - m_new)
-        l_i = l_i * alpha + tl.sum(p, 1)
-        acc = acc * alpha[:, None]
-        acc = tl.dot(p.to(v.dtype), v, acc, input_precision=DOT_PREC)
-        return acc, m_new, l_i
 
     @triton.jit
     def _full_block(acc, m_i, l_i, q, j, kv_indices, k_desc, v_desc, k_base, v_base, skl, svl,

@@ -24,14 +24,10 @@ from __future__ import annotations
 
 import torch
 
-from .triton_sparse import triton
+from .triton_blocks import TensorDescriptor, tl, triton
 
 if triton is not None:
-    import triton.language as tl
-
-    from .triton_sparse import _attend_block
-else:  # pragma: no cover
-    tl = None
+    from .triton_blocks import _attend_block
 
 _ROWS_KEY = "triton_entry_rows"
 
@@ -133,7 +129,6 @@ def entry_rows(kv_offsets: torch.Tensor, n_entries: int) -> torch.Tensor:
 def _descriptor4(x: torch.Tensor, block_n: int):
     """A (batch, head, token, feature) descriptor over x [B, L, H, D], or None
     where the tensor memory accelerator cannot take its strides."""
-    from .triton_sparse import TensorDescriptor
     if TensorDescriptor is None or x.stride(-1) != 1 or x.data_ptr() % 16:
         return None
     batch, seq_len, heads, head_dim = x.shape
