@@ -22,6 +22,8 @@ off by default until timed on a GPU.
 """
 from __future__ import annotations
 
+import weakref
+
 import torch
 
 from .triton_blocks import TensorDescriptor, tl, triton
@@ -29,7 +31,10 @@ from .triton_blocks import TensorDescriptor, tl, triton
 if triton is not None:
     from .triton_blocks import _attend_block
 
-_ROWS_KEY = "triton_entry_rows"
+# id(kv_offsets) -> (weak reference to it, the row of each entry): a table's
+# tensors live as long as its compiled layer, so each table pays once.
+# (Not a WeakKeyDictionary: its lookups compare tensors with ==.)
+_entry_rows_cache: dict = {}
 
 
 if triton is not None:
@@ -120,10 +125,17 @@ if triton is not None:
 
 
 def entry_rows(kv_offsets: torch.Tensor, n_entries: int) -> torch.Tensor:
-    """The table row of each entry of kv_indices (int32), without a host sync."""
+    """The table row of each entry of kv_indices (int32), without a host
+    sync; cached per kv_offsets tensor."""
+    key = id(kv_offsets)
+    entry = _entry_rows_cache.get(key)
+    if entry is not None and entry[0]() is kv_offsets and entry[1].numel() == n_entries:
+        return entry[1]
     counts = (kv_offsets[1:] - kv_offsets[:-1]).long()
     rows = torch.arange(counts.numel(), dtype=torch.int32, device=kv_offsets.device)
-    return torch.repeat_interleave(rows, counts, output_size=n_entries)
+    rows = torch.repeat_interleave(rows, counts, output_size=n_entries)
+    _entry_rows_cache[key] = (weakref.ref(kv_offsets, lambda _ref, key=key: _entry_rows_cache.pop(key, None)), rows)
+    return rows
 
 
 def _descriptor4(x: torch.Tensor, block_n: int):
@@ -140,12 +152,11 @@ def _descriptor4(x: torch.Tensor, block_n: int):
 
 def launch_rows(q, k, v, out, kv_offsets, kv_indices, heads_t, seq_len: int, n_q_blocks: int, n_k_blocks: int,
                 qk_scale: float, block_m: int, block_n: int, rows: int, use_tma: bool, dot_prec: str, upcast: bool,
-                num_warps: int, num_stages: int, rows_of_entries: torch.Tensor | None = None) -> None:
+                num_warps: int, num_stages: int) -> None:
     """Launch over programs of `rows` table rows. q, k, v, out: [B, L, H, D]
     with unit last stride (triton_sparse._launch checked them)."""
     n_rows = heads_t.numel() * n_q_blocks
-    if rows_of_entries is None:
-        rows_of_entries = entry_rows(kv_offsets, kv_indices.numel())
+    rows_of_entries = entry_rows(kv_offsets, kv_indices.numel())
     k_desc, v_desc = k, v
     if use_tma:
         k_desc, v_desc = _descriptor4(k, block_n), _descriptor4(v, block_n)

@@ -381,6 +381,27 @@ def test_rows_kernel_compiles_for_sm90(tma):
         assert len(buffers) == 2 and all(int(n) >= 2 for n in buffers), buffers
 
 
+def test_rows_kernel_entry_rows_cached_per_table():
+    """The row of each table entry is computed once per kv_offsets tensor and
+    dropped with it (a second launch on the same table must not recompute,
+    nor compare tensors with ==)."""
+    import gc
+
+    if not _triton_importable():
+        pytest.skip("triton is not installed")
+    from sparse_vdit.kernels import triton_sparse_rows as tr
+    offsets = torch.tensor([0, 2, 2, 5], dtype=torch.int32)
+    first = tr.entry_rows(offsets, 5)
+    assert first.tolist() == [0, 0, 2, 2, 2]
+    assert tr.entry_rows(offsets, 5) is first
+    other = torch.tensor([0, 1, 3], dtype=torch.int32)
+    assert tr.entry_rows(other, 3).tolist() == [0, 1, 1]
+    key = id(offsets)
+    del offsets, first
+    gc.collect()
+    assert key not in tr._entry_rows_cache
+
+
 def test_triton_available_cpu_without_interpreter():
     if not _triton_importable():
         pytest.skip("triton is not installed")
