@@ -322,9 +322,11 @@ def _launch(q, k, v, out, kv_offsets, kv_indices, heads_t, order, seq_len: int,
     use_order = order is not None
     order_arg = order if use_order else kv_offsets
 
+    rows = int(cfg.get("rows_per_program") or 1)
+    want_tma = bool(cfg.get("tma")) and TensorDescriptor is not None
     k_desc, v_desc = k, v
     kg = vg = (0, 0, 0)
-    use_tma = bool(cfg.get("tma")) and TensorDescriptor is not None
+    use_tma = want_tma and rows == 1  # the rows-per-program kernel builds its own (4-D) descriptors
     if use_tma:
         kview = _tma_view(k, batch, n_heads, seq_len, head_dim)
         vview = _tma_view(v, batch, n_heads, seq_len, head_dim)
@@ -340,13 +342,12 @@ def _launch(q, k, v, out, kv_offsets, kv_indices, heads_t, order, seq_len: int,
     tile_m = int(cfg.get("tile_m") or block_m)
     if tile_m not in (64, 128) or block_m % tile_m:
         raise ValueError(f"tile_m {tile_m} must be 64 or 128 and divide block_m {block_m}")
-    rows = int(cfg.get("rows_per_program") or 1)
     if rows > 1:  # several rows per program (triton_sparse_rows.py): natural order, whole rows
         if tile_m != block_m or use_order or cfg.get("ws"):
             raise ValueError("rows_per_program needs tile_m = block_m, the natural order and no ws")
         from .triton_sparse_rows import launch_rows
         launch_rows(q, k, v, target, kv_offsets, kv_indices, heads_t, seq_len, n_q_blocks, n_k_blocks,
-                    scale * _LOG2E, block_m, block_n, rows, bool(cfg.get("tma")), dot_prec, upcast,
+                    scale * _LOG2E, block_m, block_n, rows, want_tma, dot_prec, upcast,
                     cfg["num_warps"], cfg["num_stages"])
     else:
         grid = (n_slots * n_q_blocks * (block_m // tile_m), batch)
