@@ -388,6 +388,10 @@ def main():
             handle.write(f"{results['gpus']} x {results['gpu']}, torch {results['torch']}, triton {results['triton']}, "
                          f"cuDNN {results['cudnn']}, NCCL {results['nccl']}\n\n{text}\n")
         print(text, flush=True)
+    # Both ranks leave together: a gloo rank that tears its pairs down while the
+    # other is still writing results aborts ("terminate called without an active
+    # exception"), seen once in CI.
+    dist.barrier()
     dist.destroy_process_group()
 
 

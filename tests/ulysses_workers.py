@@ -4,6 +4,7 @@ test reads back. Kept out of the test modules so the spawned processes
 import only this."""
 from __future__ import annotations
 
+import datetime
 import os
 
 import torch
@@ -16,7 +17,15 @@ COMM_ORDER = (4, 0, 5, 2, 1, 3)  # a permutation of 6 heads (2 ranks x 3)
 
 
 def _init(rank: int, world: int, port: int) -> None:
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    # A bounded timeout: a rank that dies must fail the test, not hang it.
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world,
+                            timeout=datetime.timedelta(minutes=5))
+
+
+def _leave_together() -> None:
+    """Both ranks reach teardown together: a gloo rank that tears its pairs
+    down while the other is still working can abort the process."""
+    dist.barrier()
 
 
 def comm_full_input(world: int, seed: int = 0) -> torch.Tensor:
@@ -49,6 +58,7 @@ def comm_worker(rank: int, world: int, port: int, out_dir: str) -> None:
             "input": x,
         }
         torch.save(result, os.path.join(out_dir, f"comm_{rank}.pt"))
+        _leave_together()
     finally:
         dist.destroy_process_group()
 
@@ -119,5 +129,6 @@ def wan_worker(rank: int, world: int, port: int, comfy_path: str, scenarios: lis
                     counts[key] = counts.get(key, 0) + value
             results[scenario["name"]] = {"out": out, "counts": counts}
         torch.save(results, os.path.join(out_dir, f"wan_{rank}.pt"))
+        _leave_together()
     finally:
         dist.destroy_process_group()
