@@ -40,6 +40,9 @@ PRECISIONS = ("bf16", "8-bit", "auto")
 # lost (0.42-0.96x) (benchmarks/results/kernels8_NVIDIA_H200.md).
 AUTO_MIN_KEYS_PER_QUERY = 7500
 _logged_8bit: set[str] = set()
+# Calls whose 8-bit launch raised once run bf16 from then on: a kernel that
+# fails to compile would otherwise be compiled again, and fail, on every call.
+_failures8: set[tuple] = set()
 _tables8: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # CompiledLayer -> table with full rows
 
 
@@ -118,6 +121,8 @@ def use_8bit(q4: torch.Tensor, compiled: CompiledLayer, precision: str, backend:
         raise ValueError(f"unknown precision {precision!r} (one of {PRECISIONS})")
     if precision == "bf16" or backend == "reference":
         return False
+    if _key8(q4) in _failures8:
+        return False  # logged when it failed
     from . import triton_backend
     reason = triton_backend.ineligible8(q4)
     if precision == "auto":
@@ -126,6 +131,10 @@ def use_8bit(q4: torch.Tensor, compiled: CompiledLayer, precision: str, backend:
         _log_8bit_once(reason)
         return False
     return True
+
+
+def _key8(q4: torch.Tensor) -> tuple:
+    return (q4.device, q4.dtype, q4.shape[-1], q4.shape[1])
 
 
 def table_with_full_rows(compiled: CompiledLayer, device):
@@ -159,6 +168,7 @@ def _attention_8bit(q4, k4, v4, out4, compiled: CompiledLayer, table, backend: s
     except Exception as error:  # never fail a generation on a kernel
         if backend == "triton" and not isinstance(error, ValueError):
             raise
+        _failures8.add(_key8(q4))
         _log_8bit_once(f"{type(error).__name__}: {error}")
         return False
 

@@ -98,3 +98,32 @@ def test_dispatch_rejects_mismatched_calls():
 def test_head_runs():
     assert dispatch.head_runs((0, 1, 2, 5, 7, 8)) == [(0, 3), (5, 6), (7, 9)]
     assert dispatch.head_runs(()) == []
+
+
+def test_failed_8bit_launch_runs_bf16_and_is_not_retried(monkeypatch, poisoned_outputs, caplog):
+    """An 8-bit launch that raises (a kernel that does not compile on the
+    user's card) falls back to bf16 with one log line, and later calls of
+    that shape go straight to bf16 instead of failing again each time."""
+    from sparse_vdit.kernels import triton_backend
+
+    attempts = []
+
+    def failing_run8(*args, **kwargs):
+        attempts.append(1)
+        raise RuntimeError("PTX compile failed")
+
+    monkeypatch.setattr(triton_backend, "ineligible8", lambda q4: None)
+    monkeypatch.setattr(triton_backend, "run8", failing_run8)
+    monkeypatch.setattr(dispatch, "_failures8", set())
+    monkeypatch.setattr(dispatch, "_logged_8bit", set())
+    heads, dim = len(MIXED.heads), 16
+    q, k, v = qkv(2, GEOMETRY, heads, dim, torch.float32, seed=4)
+    compiled = compile_layer(MIXED, GEOMETRY, "cpu", BM, BN)
+    flat = [x.reshape(2, GEOMETRY.seq_len, -1) for x in (q, k, v)]
+    ref = layer_oracle(q, k, v, MIXED, GEOMETRY, BM, BN)
+    with caplog.at_level("WARNING", logger="sparse_vdit"):
+        for _ in range(3):
+            out = dispatch.layer_attention(*flat, compiled, heads=heads, precision="8-bit")
+            assert rel_err(out.view(2, GEOMETRY.seq_len, heads, dim), ref) < TOL[torch.float32]
+    assert len(attempts) == 1
+    assert sum("PTX compile failed" in r.getMessage() for r in caplog.records) == 1
