@@ -565,8 +565,10 @@ def test_kernel8_hopper_variant_fits_three_programs_per_sm(kv_tail):
     assert regs[0] <= THREE_PROGRAMS_REGS, f"{regs[0]} registers per thread: fewer programs per SM ({usage})"
 
 
-@pytest.mark.parametrize("pv_fp8", [True, False])
-def test_prepass_compiles_for_gpu(pv_fp8):
+@pytest.mark.parametrize("capability,pv_fp8", [(90, True), (90, False), (89, True), (80, False)])
+def test_prepass_compiles_for_gpu(capability, pv_fp8):
+    """The pre-pass kernels compile for every card the 8-bit path serves:
+    Hopper, Ada (FP8 P.V) and Ampere (16-bit P.V)."""
     _cuda_backend_or_skip()
     from sparse_vdit.kernels import quant8
     sig = {name: "*bf16" for name in ("Q", "K", "V")}
@@ -576,16 +578,16 @@ def test_prepass_compiles_for_gpu(pv_fp8):
     sig.update({name: "i32" for name in ("seq_len", "l_pad", "n_slots", "sqb", "sql", "sqh", "skb", "skl", "skh",
                                          "svb", "svl", "svh")})
     sig["qk_scale"] = "fp32"
-    _compile_sm(quant8._quantize, sig, dict(HEAD_DIM=128, BLOCK=64, PV_FP8=pv_fp8, EMULATE_FP8=False), 90)
+    _compile_sm(quant8._quantize, sig, dict(HEAD_DIM=128, BLOCK=64, PV_FP8=pv_fp8, EMULATE_FP8=False), capability)
     sig = {"K": "*bf16", "V": "*bf16", "heads_ptr": "*i32", "KSUM": "*fp32", "VSUM": "*fp32", "VMAX": "*fp32",
            "VMIN": "*fp32"}
     sig.update({name: "i32" for name in ("seq_len", "n_slots", "n_chunks", "skb", "skl", "skh", "svb", "svl", "svh")})
-    _compile_sm(quant8._stats, sig, dict(HEAD_DIM=128, CHUNK=quant8.STATS_CHUNK, SUB=64, WANT_V=pv_fp8), 90)
+    _compile_sm(quant8._stats, sig, dict(HEAD_DIM=128, CHUNK=quant8.STATS_CHUNK, SUB=64, WANT_V=pv_fp8), capability)
     sig = {name: "*fp32" for name in ("KSUM", "VSUM", "VMAX", "VMIN", "KMEAN", "VMEAN", "VS", "VOFF")}
     sig.update(seq_len="i32", n_chunks="i32")
     _compile_sm(quant8._finalize, sig, dict(HEAD_DIM=128, WANT_V=pv_fp8, SMOOTH_RATIO=quant8.SMOOTH_RANGE_RATIO,
                                             NEAR_CONSTANT=quant8.NEAR_CONSTANT_RATIO, TINY=quant8._TINY,
-                                            VMAX_FP8=quant8.FP8_MAX), 90, num_warps=1)
+                                            VMAX_FP8=quant8.FP8_MAX), capability, num_warps=1)
 
 
 # --------------------------------------------------------------------------
