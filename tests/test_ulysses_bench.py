@@ -13,14 +13,30 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+def _run_smoke(comfy_path: str, out) -> subprocess.CompletedProcess:
+    # faulthandler: a rank killed by a signal prints where it was.
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONFAULTHANDLER="1")
+    return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                           "--standalone", os.path.join(ROOT, "benchmarks", "bench_ulysses.py"),
+                           "--comfyui", comfy_path, "--out", str(out), "--smoke"],
+                          capture_output=True, text=True, timeout=600, env=env, cwd=str(out))
+
+
+def _aborted(run: subprocess.CompletedProcess) -> bool:
+    """A rank killed by SIGABRT from C++ ("terminate called without an active
+    exception"): seen twice in CI in about ten runs, never locally (gloo's
+    threads at teardown; pytorch/pytorch#179291 describes one such abort). A
+    Python error in the benchmark exits with 1 instead and is not retried."""
+    return "terminate called without an active exception" in run.stderr and "exitcode  : -6" in run.stderr
+
+
 @pytest.mark.comfyui
 def test_bench_ulysses_smoke(comfy, tmp_path):
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-                          "--standalone", os.path.join(ROOT, "benchmarks", "bench_ulysses.py"),
-                          "--comfyui", comfy.path, "--out", str(tmp_path), "--smoke"],
-                         capture_output=True, text=True, timeout=600, env=env, cwd=str(tmp_path))
-    assert run.returncode == 0, run.stderr[-4000:]
+    run = _run_smoke(comfy.path, tmp_path)
+    if run.returncode != 0 and _aborted(run):  # once, with the first run's stderr kept for the log
+        print("first run aborted in C++, retried:\n" + run.stderr[-6000:])
+        run = _run_smoke(comfy.path, tmp_path)
+    assert run.returncode == 0, run.stdout[-2000:] + "\n" + run.stderr[-6000:]
     results = json.loads((tmp_path / "ulysses.json").read_text())
     rows = results["configs"]["smoke"]["rows"]
     sparse = [row for label, row in rows.items() if label.startswith("2 GPUs ours d=")]
