@@ -23,8 +23,9 @@ def _init(rank: int, world: int, port: int) -> None:
 
 
 def _leave_together() -> None:
-    """Both ranks reach teardown together: a gloo rank that tears its pairs
-    down while the other is still working can abort the process."""
+    """Both ranks finish their work before either tears the group down
+    (torch's documented shutdown order; a rank leaving early would otherwise
+    close connections the other may still be using)."""
     dist.barrier()
 
 
