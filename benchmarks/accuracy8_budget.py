@@ -64,6 +64,15 @@ def emulate(q, k, v, qk8=True, p8=True, v8=True, l_rounded=False, v_smooth=False
     return acc / l[:, None] + mean
 
 
+def exact_attention(q, k, v) -> torch.Tensor:
+    """float64 softmax attention of the (sampled) queries over all keys."""
+    return torch.softmax((q.double() @ k.double().T) * D ** -0.5, -1) @ v.double()
+
+
+def rel_l1(out: torch.Tensor, exact: torch.Tensor) -> float:
+    return float((out - exact).abs().sum() / exact.abs().sum())
+
+
 def main():
     torch.manual_seed(0)
     kinds = {"random": (1.0, 0.0), "peaked scores": (3.0, 0.0), "V channel bias": (1.0, 3.0),
@@ -76,8 +85,8 @@ def main():
     for kind, (temperature, v_bias) in kinds.items():
         q, k = torch.randn(L, D) * temperature, torch.randn(L, D)
         v = torch.randn(L, D) + v_bias * torch.randn(1, D)
-        exact = torch.softmax((q.double() @ k.double().T) * D ** -0.5, -1) @ v.double()
-        errors = [float((emulate(q, k, v, **opts) - exact).abs().sum() / exact.abs().sum()) for opts in variants.values()]
+        exact = exact_attention(q, k, v)
+        errors = [rel_l1(emulate(q, k, v, **opts), exact) for opts in variants.values()]
         print(f"{kind:18s} " + " ".join(f"{e:22.4f}" for e in errors))
     long_rows()
 
@@ -97,9 +106,8 @@ def long_rows(lengths=(2048, 32768, 75584), sampled=48):
             q = torch.randn(sampled, D, generator=g).bfloat16()
             k = torch.randn(n, D, generator=g).bfloat16()
             v = (torch.randn(n, D, generator=g) + v_bias * torch.randn(1, D, generator=g)).bfloat16()
-            exact = torch.softmax((q.double() @ k.double().T) * D ** -0.5, -1) @ v.double()
-            errors = [float((emulate(q, k, v, v_smooth=smooth) - exact).abs().sum() / exact.abs().sum())
-                      for smooth in (False, True, "per channel")]
+            exact = exact_attention(q, k, v)
+            errors = [rel_l1(emulate(q, k, v, v_smooth=smooth), exact) for smooth in (False, True, "per channel")]
             print(f"  V offset {v_bias:.0f} sigma, {n:6d} keys: " + " / ".join(f"{e:.4f}" for e in errors))
 
 
@@ -119,10 +127,10 @@ def biased_heads(heads=12, n=32768, sampled=48):
         v[:, :4] *= 30.0
         q, k, v = q.bfloat16(), k.bfloat16(), v.bfloat16()
         q = q[torch.randperm(n, generator=g)[:sampled]]
-        exact = torch.softmax((q.double() @ k.double().T) * D ** -0.5, -1) @ v.double()
+        exact = exact_attention(q, k, v)
         for i, opts in enumerate((dict(p8=False, v8=False), dict(v_smooth="per channel"))):
             out = emulate(q, k, v, **opts)
-            l1 = float((out - exact).abs().sum() / exact.abs().sum())
+            l1 = rel_l1(out, exact)
             cos = float(torch.nn.functional.cosine_similarity(out.flatten(), exact.flatten(), dim=0))
             worst[2 * i], worst[2 * i + 1] = max(worst[2 * i], l1), min(worst[2 * i + 1], cos)
     print(f"  max relative L1 / min cosine over heads: QK int8 alone {worst[0]:.4f} / {worst[1]:.5f}, "
