@@ -57,6 +57,7 @@ FP8_MAX = 448.0  # e4m3fn
 PAD = 128  # token padding of the 8-bit buffers (a multiple of every block size)
 _TINY = 1e-30
 STATS_CHUNK = 512  # tokens per stats program
+STATS_SUB = 64  # tokens per reduction step inside it
 
 
 @dataclass
@@ -211,7 +212,10 @@ if triton is not None:
 
         q = tl.load(Q + b64 * sqb + h64 * sqh + t64 * sql + offs_d[None, :], mask=ok, other=0.0).to(tl.float32)
         q_amax = tl.max(tl.abs(q), 1)
-        q_scale = tl.maximum(q_amax, 1e-30) / 127.0
+        # div_rn, never `/ 127.0`: Triton turns a division by a constant into a
+        # multiplication by an approximate reciprocal, which the emulation's IEEE
+        # division does not reproduce bit for bit
+        q_scale = tl.math.div_rn(tl.maximum(q_amax, 1e-30), tl.full([BLOCK], 127.0, tl.float32))
         q8 = _round_half_away(tl.math.div_rn(q, q_scale[:, None])).to(tl.int8)
         dst = (bs64 * l_pad + t64) * HEAD_DIM + offs_d[None, :]
         tl.store(Q8 + dst, q8)
@@ -220,7 +224,7 @@ if triton is not None:
         kmean = tl.load(KMEAN + bs64 * HEAD_DIM + offs_d)
         k = tl.load(K + b64 * skb + h64 * skh + t64 * skl + offs_d[None, :], mask=ok, other=0.0).to(tl.float32)
         k = tl.where(ok, k - kmean[None, :], 0.0)
-        k_scale = tl.maximum(tl.max(tl.max(tl.abs(k), 1), 0), 1e-30) / 127.0
+        k_scale = tl.math.div_rn(tl.maximum(tl.max(tl.max(tl.abs(k), 1), 0), 1e-30), 127.0)
         k8 = _round_half_away(tl.math.div_rn(k, k_scale + tl.zeros_like(k))).to(tl.int8)
         tl.store(K8 + dst, k8)
         tl.store(KS + bs64 * (l_pad // BLOCK) + blk, k_scale)
@@ -248,12 +252,22 @@ SMOOTH_RANGE_RATIO = 32.0
 NEAR_CONSTANT_RATIO = 1024.0
 
 
+def _div(x: torch.Tensor, divisor) -> torch.Tensor:
+    """x / divisor, IEEE-rounded on every device, as the kernels' div_rn:
+    torch on CUDA multiplies by the reciprocal when the divisor is a Python
+    number (not the same bits), so a number becomes a tensor on x's device."""
+    if not isinstance(divisor, torch.Tensor):
+        divisor = torch.tensor(float(divisor), dtype=x.dtype, device=x.device)
+    return x / divisor
+
+
 def _v_offsets(total: torch.Tensor, vmax: torch.Tensor, vmin: torch.Tensor, seq_len: int) -> torch.Tensor:
     """V's channel mean, rounded to bf16 (kept in fp32; any rounding is exact
-    to subtract and makes the offset the same whatever order the device
-    summed in), where it is large against the channel's range (but the
-    channel is not near-constant), else 0."""
-    mean = (total / seq_len).to(torch.bfloat16).float()
+    to subtract, and makes the offset the same whatever order the device
+    summed in unless the mean lies at a bf16 rounding midpoint), where it is
+    large against the channel's range (but the channel is not near-constant),
+    else 0."""
+    mean = _div(total, seq_len).to(torch.bfloat16).float()
     spread = vmax - vmin
     smooth = (mean.abs() * SMOOTH_RANGE_RATIO > spread) & (spread * NEAR_CONSTANT_RATIO > mean.abs())
     return torch.where(smooth, mean, torch.zeros((), device=mean.device))
@@ -261,7 +275,7 @@ def _v_offsets(total: torch.Tensor, vmax: torch.Tensor, vmin: torch.Tensor, seq_
 
 def _centred_scale(vmax: torch.Tensor, vmin: torch.Tensor, vmean: torch.Tensor) -> torch.Tensor:
     """e4m3 scale of V minus its mean: max |v - mean| / 448, from max and min."""
-    return torch.maximum(vmax - vmean, vmean - vmin).clamp_min(_TINY) / FP8_MAX
+    return _div(torch.maximum(vmax - vmean, vmean - vmin).clamp_min(_TINY), FP8_MAX)
 
 
 def _slot_heads(heads) -> list[int]:
@@ -282,7 +296,7 @@ def quantize_triton(q, k, v, heads_t: torch.Tensor, block_n: int, scale: float, 
     _stats[(n_chunks, batch * n_slots)](
         k, v, heads_t, ksum, vsum, vmax, vmin, seq_len, n_slots, n_chunks,
         k.stride(0), k.stride(1), k.stride(2), v.stride(0), v.stride(1), v.stride(2),
-        HEAD_DIM=head_dim, CHUNK=STATS_CHUNK, SUB=64, WANT_V=pv_fp8, num_warps=num_warps)
+        HEAD_DIM=head_dim, CHUNK=STATS_CHUNK, SUB=STATS_SUB, WANT_V=pv_fp8, num_warps=num_warps)
     kmean, vmean, vs, voff = (torch.empty(batch, n_slots, head_dim, dtype=torch.float32, device=dev)
                               for _ in range(4))
     _finalize[(batch * n_slots,)](
@@ -311,10 +325,16 @@ def _round_half_away_torch(x: torch.Tensor) -> torch.Tensor:
     return torch.where(x >= 0, x + 0.5, x - 0.5).trunc()
 
 
-def quantize_torch(q, k, v, heads, block_n: int, scale: float, pv_fp8: bool) -> Quantized:
-    """What the Triton pre-pass computes, in plain torch (fp32 math), for
-    tests and CPU. Same rounding (half away from zero for int8, round to
-    nearest even for e4m3, as the hardware conversion does)."""
+def quantize_torch(q, k, v, heads, block_n: int, scale: float, pv_fp8: bool,
+                   means: tuple[torch.Tensor, torch.Tensor] | None = None) -> Quantized:
+    """What the Triton pre-pass computes, in plain torch (fp32 math, IEEE
+    divisions), for tests and CPU. Same rounding (half away from zero for
+    int8, round to nearest even for e4m3, as the hardware conversion does).
+
+    `means`: K's mean and V's offsets [B, S, D] to use instead of computing
+    them (e.g. the pre-pass's own). They are sums over all tokens, which the
+    device adds in another order than torch, so they can differ in the last
+    bits; everything after them is element-wise and must match exactly."""
     batch, seq_len, _, head_dim = q.shape
     heads = _slot_heads(heads)
     l_pad = padded_len(seq_len)
@@ -325,18 +345,18 @@ def quantize_torch(q, k, v, heads, block_n: int, scale: float, pv_fp8: bool) -> 
         return torch.nn.functional.pad(x, (0, 0, 0, l_pad - seq_len))
 
     qf, kf, vf = slots(q), slots(k), slots(v)
-    q_scale = qf.abs().amax(-1).clamp_min(_TINY) / INT8_MAX
+    q_scale = _div(qf.abs().amax(-1).clamp_min(_TINY), INT8_MAX)
     q8 = _round_half_away_torch(qf / q_scale[..., None]).to(torch.int8)
-    kmean = kf[:, :, :seq_len].sum(2) / seq_len
+    kmean = _div(kf[:, :, :seq_len].sum(2), seq_len) if means is None else means[0].float()
     valid = (torch.arange(l_pad, device=dev) < seq_len)[None, None, :, None]
     kc = torch.where(valid, kf - kmean[:, :, None], torch.zeros((), device=dev))
     kb = kc.view(batch, len(heads), l_pad // block_n, block_n, head_dim)
-    k_scale = kb.abs().amax((-1, -2)).clamp_min(_TINY) / INT8_MAX
+    k_scale = _div(kb.abs().amax((-1, -2)).clamp_min(_TINY), INT8_MAX)
     k8 = _round_half_away_torch(kb / k_scale[..., None, None]).to(torch.int8).view_as(kc)
     if pv_fp8:
         real = vf[:, :, :seq_len]
         vmax, vmin = real.amax(2), real.amin(2)
-        vmean = _v_offsets(real.sum(2), vmax, vmin, seq_len)
+        vmean = _v_offsets(real.sum(2), vmax, vmin, seq_len) if means is None else means[1].float()
         vs = _centred_scale(vmax, vmin, vmean)
         vc = torch.where(valid, vf - vmean[:, :, None], torch.zeros((), device=dev))
         vt8 = (vc / vs[:, :, None]).to(fp8_dtype()).transpose(2, 3).contiguous()
