@@ -49,11 +49,9 @@ def _slots(order: torch.Tensor | None, h: int, device) -> tuple[torch.Tensor, to
     return torch.div(position, h, rounding_mode="floor"), position % h
 
 
-def seq_to_heads(tensors: Sequence[torch.Tensor], group=None, order: torch.Tensor | None = None) -> list[torch.Tensor]:
-    """[B, s, H, D] chunks (one or more tensors of one shape, sent in one
-    collective) -> [B, P*s, h, D] contiguous: the whole sequence, this
-    rank's heads."""
-    world = group_size(group)
+def pack_for_heads(tensors: Sequence[torch.Tensor], world: int, order: torch.Tensor | None = None) -> torch.Tensor:
+    """[B, s, H, D] chunks (one or more tensors of one shape) -> the send
+    buffer [P, n, B, s, h, D] of seq_to_heads: slice j holds rank j's heads."""
     batch, chunk, heads, head_dim = tensors[0].shape
     if heads % world:
         raise ValueError(f"{heads} heads do not split over {world} ranks")
@@ -70,23 +68,43 @@ def seq_to_heads(tensors: Sequence[torch.Tensor], group=None, order: torch.Tenso
             target.copy_(x.reshape(batch, chunk, world, h, head_dim))
         else:  # one indexed write: model head m to its rank and place
             target[:, :, slots[0], slots[1]] = x
-    recv = _exchange(send, group)  # slice j: rank j's tokens, my heads
-    # [P, n, B, s, h, D] -> n x [B, P*s, h, D]
-    return [recv[:, i].permute(1, 0, 2, 3, 4).reshape(batch, world * chunk, h, head_dim) for i in range(len(tensors))]
+    return send
+
+
+def unpack_heads(recv: torch.Tensor) -> list[torch.Tensor]:
+    """The received [P, n, B, s, h, D] (slice j: rank j's tokens, my heads)
+    -> n x [B, P*s, h, D] contiguous."""
+    world, n, batch, chunk, h, head_dim = recv.shape
+    return [recv[:, i].permute(1, 0, 2, 3, 4).reshape(batch, world * chunk, h, head_dim) for i in range(n)]
+
+
+def pack_for_seq(x: torch.Tensor, world: int) -> torch.Tensor:
+    """[B, P*s, h, D] -> the send buffer [P, B, s, h, D] of heads_to_seq."""
+    batch, length, h, head_dim = x.shape
+    if length % world:
+        raise ValueError(f"{length} tokens do not split over {world} ranks")
+    return x.reshape(batch, world, length // world, h, head_dim).permute(1, 0, 2, 3, 4).contiguous()
+
+
+def unpack_seq(recv: torch.Tensor, order: torch.Tensor | None = None) -> torch.Tensor:
+    """The received [P, B, s, h, D] (slice j: rank j's heads, my tokens)
+    -> [B, s, H, D], heads in model order."""
+    world, batch, chunk, h, head_dim = recv.shape
+    received = recv.permute(1, 2, 0, 3, 4)  # [B, s, P, h, D]
+    slots = _slots(order, h, recv.device)
+    if slots is None:
+        return received.reshape(batch, chunk, world * h, head_dim)
+    return received[:, :, slots[0], slots[1]]  # one indexed read, heads in model order
+
+
+def seq_to_heads(tensors: Sequence[torch.Tensor], group=None, order: torch.Tensor | None = None) -> list[torch.Tensor]:
+    """[B, s, H, D] chunks (one or more tensors of one shape, sent in one
+    collective) -> [B, P*s, h, D] contiguous: the whole sequence, this
+    rank's heads."""
+    return unpack_heads(_exchange(pack_for_heads(tensors, group_size(group), order), group))
 
 
 def heads_to_seq(x: torch.Tensor, group=None, order: torch.Tensor | None = None) -> torch.Tensor:
     """[B, P*s, h, D] (this rank's heads, whole sequence) -> [B, s, H, D]
     (every head, this rank's tokens), heads back in model order."""
-    world = group_size(group)
-    batch, length, h, head_dim = x.shape
-    if length % world:
-        raise ValueError(f"{length} tokens do not split over {world} ranks")
-    chunk = length // world
-    send = x.reshape(batch, world, chunk, h, head_dim).permute(1, 0, 2, 3, 4).contiguous()
-    recv = _exchange(send, group)  # slice j: rank j's heads, my tokens
-    received = recv.permute(1, 2, 0, 3, 4)  # [B, s, P, h, D]
-    slots = _slots(order, h, x.device)
-    if slots is None:
-        return received.reshape(batch, chunk, world * h, head_dim)
-    return received[:, :, slots[0], slots[1]]  # one indexed read, heads in model order
+    return unpack_seq(_exchange(pack_for_seq(x, group_size(group)), group), order)

@@ -55,6 +55,32 @@ def test_all_to_all_is_yunchangs_layout(tmp_path):
         assert torch.equal(got["identity"], got["ours"]) and torch.equal(got["identity_back"], got["input"])
 
 
+@pytest.mark.parametrize("world,order", [(2, (4, 0, 5, 2, 1, 3)), (3, (5, 4, 3, 2, 1, 0)), (4, None),
+                                         (4, (1, 0, 3, 2, 7, 6, 5, 4)), (3, (0, 1, 2, 3, 4, 5))])
+def test_layouts_with_a_head_order_in_one_process(world, order):
+    """The pack / unpack halves of both all-to-alls with the exchange done by
+    hand (rank r receives slice r of every rank's send), at 2 to 4 ranks:
+    rank r gets heads order[r*h:(r+1)*h] of the whole sequence, and the way
+    back gives every rank its tokens with the heads in model order."""
+    from sparse_vdit.parallel import comm
+
+    heads = len(order) if order is not None else 2 * world
+    h, chunk = heads // world, 3
+    g = torch.Generator().manual_seed(world)
+    full = torch.randn(2, world * chunk, heads, 5, generator=g, dtype=torch.float64)
+    index = None if order is None else torch.tensor(order)
+    mine = list(order or range(heads))
+    chunks = [full[:, r * chunk:(r + 1) * chunk] for r in range(world)]
+    sends = [comm.pack_for_heads([x, -x], world, index) for x in chunks]
+    heads_of = [comm.unpack_heads(torch.stack([send[r] for send in sends])) for r in range(world)]
+    for r in range(world):
+        expected = full[:, :, mine[r * h:(r + 1) * h]]
+        assert torch.equal(heads_of[r][0], expected) and torch.equal(heads_of[r][1], -expected)
+    sends = [comm.pack_for_seq(heads_of[r][0], world) for r in range(world)]
+    for r in range(world):
+        assert torch.equal(comm.unpack_seq(torch.stack([send[r] for send in sends]), index), chunks[r])
+
+
 # ---- plan slices and balancing ---------------------------------------------
 def test_rank_heads_are_contiguous_blocks_of_the_order():
     assert rank_heads((0, 1, 2, 3, 4, 5), 3, 1) == (2, 3)
