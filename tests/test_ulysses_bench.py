@@ -54,3 +54,15 @@ def test_bench_ulysses_smoke(comfy, tmp_path):
     markdown = (tmp_path / "ulysses.md").read_text()
     assert markdown.count("| smoke |") == len(rows) + len(sparse)  # the full table, then the balancing table
     assert run.stdout.rstrip().splitlines()[-1].startswith("| smoke | d=0.2 | auto |")  # the balancing table last
+
+
+def test_bench_ulysses_layout_smoke(tmp_path):
+    """benchmarks/bench_ulysses_layout.py runs on the CPU and finds the folded
+    permutation equal to the unfolded one."""
+    run = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "bench_ulysses_layout.py"), "--smoke",
+                          "--out", str(tmp_path)], capture_output=True, text=True, timeout=300,
+                         env=dict(os.environ, OMP_NUM_THREADS="1"), cwd=str(tmp_path))
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-4000:]
+    row = json.loads((tmp_path / "ulysses_layout.json").read_text())["shapes"]["smoke"]
+    assert row["equal"] and all(row[way]["total_ms"] > 0 for way in ("identity", "folded", "unfolded"))
+    assert run.stdout.rstrip().splitlines()[-1].startswith("| smoke | 2 | unfolded |")
