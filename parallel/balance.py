@@ -148,8 +148,10 @@ class CallShape(NamedTuple):
 @dataclass(frozen=True)
 class CostModel:
     """Milliseconds on one GPU, for auto's decision. Modelled, not measured
-    per machine: the throughput is the one 2 x H200 gave (Wan 1.3B 480p,
-    B = 2: 1.93 ms per full head per layer, about 570 TFLOP/s)."""
+    per machine: the throughput is what H200 gave (2 x H200, Wan 1.3B 480p,
+    B = 2: 1.93 ms per full head per layer, about 570 TFLOP/s; cuDNN alone
+    547-570, benchmarks/NOTES.md); the copies' cost is what
+    benchmarks/bench_ulysses_layout.py measures on one GPU."""
     attention_tflops: float = 550.0  # dense attention, cuDNN bf16
     memory_gbps: float = 3000.0      # copy bandwidth (H100 peak 3,350, H200 4,800)
     permute_passes: float = 0.5      # extra passes over the exchanged tensors a permuted layout costs (the
