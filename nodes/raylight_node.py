@@ -16,6 +16,7 @@ from comfy_api.latest import io
 
 from ..integration.auto_patch import AUTO
 from ..integration.sparse_patch import BACKENDS
+from ..parallel.balance import BALANCE_MODES, balance_mode
 from ..plans.format import dumps_plan
 from . import plan_files
 from .plan_files import load_named_plan, plan_names, register_plan_folder
@@ -56,9 +57,12 @@ class SparseVDiTRaylight(io.ComfyNode):
                                        "Ulysses it cannot calibrate a new one (that run stays dense)."),
                 io.Float.Input("dense_warmup", default=-1.0, min=-1.0, max=1.0, step=0.05,
                                tooltip="Fraction of the steps run dense first. -1 uses the plan's own setting."),
-                io.Boolean.Input("balance_heads", default=True,
-                                 tooltip="Under Ulysses: permute each layer's heads before the all-to-all so every "
-                                         "GPU gets about the same attention work (exact: the order is undone after)."),
+                io.Combo.Input("balance_heads", options=list(BALANCE_MODES), default="auto",
+                               tooltip="Under Ulysses: permute a layer's heads in the all-to-all so every GPU gets "
+                                       "about the same attention work (exact: the order is undone after). auto "
+                                       "permutes a layer only where the predicted saving beats the modelled cost "
+                                       "and the model's error; on wherever the head costs say it is better; off "
+                                       "never."),
                 io.Boolean.Input("enabled", default=True, tooltip="Off passes the workers through unchanged."),
                 io.Combo.Input("backend", options=list(BACKENDS), default="auto", optional=True),
             ],
@@ -66,8 +70,9 @@ class SparseVDiTRaylight(io.ComfyNode):
         )
 
     @classmethod
-    def execute(cls, ray_actors, plan: str, dense_warmup: float = -1.0, balance_heads: bool = True,
+    def execute(cls, ray_actors, plan: str, dense_warmup: float = -1.0, balance_heads: str = "auto",
                 enabled: bool = True, backend: str = "auto") -> io.NodeOutput:
+        balance_heads = balance_mode(balance_heads)  # also takes the earlier true / false
         if not enabled:
             return io.NodeOutput(ray_actors)
         try:
@@ -86,5 +91,5 @@ class SparseVDiTRaylight(io.ComfyNode):
             payload, folder = dumps_plan(load_named_plan(plan)), None
         send_to_workers(ray, workers, PACK_ROOT, payload, folder, dense_warmup, backend, balance_heads)
         log.info("Sparse-vDiT → Raylight: plan '%s' on %d workers (head balancing %s).", plan, len(workers),
-                 "on" if balance_heads else "off")
+                 balance_heads)
         return io.NodeOutput(ray_actors)

@@ -17,6 +17,7 @@ import logging
 
 from ..plans.format import Plan, loads_plan
 from . import ulysses
+from .balance import balance_mode
 
 KEY = "sparse_vdit_ulysses"
 RAYLIGHT_FORWARD = "usp_self_attn_forward"
@@ -35,24 +36,25 @@ def _apply_auto(model_patcher, folder: str, dense_warmup, backend: str):
     return apply_auto(model_patcher, folder, dense_warmup, backend)
 
 
-def on_load_callback(balance: bool, **settings):
-    """settings: UlyssesState fields (sparse_cost, block_m, block_n)."""
+def on_load_callback(balance: str, **settings):
+    """settings: UlyssesState fields (sparse_cost, block_m, block_n, cost_model)."""
     def sparse_vdit_ulysses_on_load(model_patcher, *args, **kwargs):
         diffusion_model = model_patcher.model.diffusion_model
         wrapped = ulysses.install(diffusion_model, balance=balance, only=is_raylight_usp_forward, **settings)
         if wrapped:
             log.info("Sparse-vDiT: Ulysses path on %d Wan self-attention layers (head balancing %s).",
-                     wrapped, "on" if balance else "off")
+                     wrapped, balance)
     return sparse_vdit_ulysses_on_load
 
 
 def patch_worker(model_patcher, plan: Plan | str, folder: str | None = None, dense_warmup: float | None = None,
-                 backend: str = "auto", balance: bool = True, **settings):
+                 backend: str = "auto", balance="auto", **settings):
     """A clone of a worker's model with the plan (or "auto", plans in
     `folder`) and the Ulysses callback. `plan` may be a Plan or its JSON;
     settings go to the Ulysses path (see on_load_callback)."""
     import comfy.patcher_extension as extension
 
+    balance = balance_mode(balance)  # a bad setting fails before the model is cloned
     if isinstance(plan, str) and plan != "auto":
         plan = loads_plan(plan, source="plan sent to the worker")
     if plan == "auto":

@@ -6,7 +6,8 @@ whose attention call goes to `_attend` here instead of ComfyUI's:
 
   1. one all-to-all (q, k, v together): the whole padded sequence, this
      rank's heads (a contiguous block of the layer's head order; the order
-     is the identity, or a balancing permutation: balance.py);
+     is the identity, or a balancing permutation where the `balance` mode
+     takes it: balance.py; a permutation costs no extra copy: comm.py);
   2. local attention over the real tokens only: this rank's slice of the
      layer's pattern (compiled and cached per slice), full heads on the
      model's dense attention, skipped heads zero; or all heads dense when
@@ -39,7 +40,7 @@ from ..kernels import triton_backend
 from ..kernels.dispatch import layer_attention
 from ..patterns import DEFAULT_BLOCK_M, DEFAULT_BLOCK_N, LayerPattern, compile_layer
 from . import comm
-from .balance import layer_order, rank_heads, slice_layer
+from .balance import DEFAULT_COST_MODEL, CallShape, CostModel, balance_mode, layer_order, rank_heads, slice_layer
 
 log = logging.getLogger("sparse_vdit")
 STATE_ATTR = "_sparse_vdit_ulysses"
@@ -68,10 +69,11 @@ class UlyssesState:
     """Per self-attention module: what it wraps and how it serves."""
     previous: object                    # the forward it replaced (Raylight's)
     group: object = None                # None: yunchang's Ulysses group at call time
-    balance: bool = True
+    balance: str = "auto"               # "auto", "on", "off" (balance.py)
     sparse_cost: float = 1.0            # sparse kernel time per pair / dense time per pair
     block_m: int = DEFAULT_BLOCK_M
     block_n: int = DEFAULT_BLOCK_N
+    cost_model: CostModel = DEFAULT_COST_MODEL  # what auto weighs
     logged: set = field(default_factory=set)
     counts: dict = field(default_factory=dict)
     orders: dict = field(default_factory=dict, repr=False)
@@ -181,13 +183,16 @@ def _attend(state: UlyssesState, group, layer, options: dict, func, q, k, v, hea
     seq_len = geometry.seq_len
     try:  # deterministic from the plan: every rank reaches the same answer
         pattern = _plan_pattern(state, hook, layer, info)
-        order = (layer_order(pattern, geometry, world, state.balance, state.sparse_cost, state.block_m, state.block_n)
-                 if pattern is not None else None)
+        call = CallShape(batch, head_dim, q.element_size())
+        order = (layer_order(pattern, geometry, world, state.balance, state.sparse_cost, state.block_m, state.block_n,
+                             call, state.cost_model) if pattern is not None else None)
     except Exception as error:  # never skip the collectives below
         state.log_once(f"plan:{type(error).__name__}", "could not read the plan for this layer (%s: %s); it runs dense.",
                        type(error).__name__, error, level=logging.WARNING)
         pattern = order = None
     order_t = state.order_tensor(order, q.device)
+    if order_t is not None:
+        state.count("permuted")
 
     with _span("all_to_all"):
         local = comm.seq_to_heads([x.view(batch, chunk, heads, head_dim) for x in (q, k, v)], group, order_t)
@@ -243,11 +248,13 @@ def is_wan_self_attention(module) -> bool:
     return all(hasattr(module, a) for a in ("q", "k", "v", "o", "norm_q", "norm_k", "num_heads", "head_dim"))
 
 
-def install(diffusion_model, group=None, balance: bool = True, sparse_cost: float = 1.0,
-            block_m: int = DEFAULT_BLOCK_M, block_n: int = DEFAULT_BLOCK_N, only=None) -> int:
+def install(diffusion_model, group=None, balance="auto", sparse_cost: float = 1.0,
+            block_m: int = DEFAULT_BLOCK_M, block_n: int = DEFAULT_BLOCK_N, only=None,
+            cost_model: CostModel = DEFAULT_COST_MODEL) -> int:
     """Wrap the self-attention of every Wan block of `diffusion_model.blocks`
     (whose current forward passes `only`, when given). Settings of an earlier
     install are replaced, not stacked. Returns how many were wrapped."""
+    balance = balance_mode(balance)  # a bad setting fails here, before anything is wrapped
     wrapped = 0
     for block in getattr(diffusion_model, "blocks", ()):
         attn = getattr(block, "self_attn", None)
@@ -260,7 +267,7 @@ def install(diffusion_model, group=None, balance: bool = True, sparse_cost: floa
             previous = old.previous
         if only is not None and not only(previous):
             continue
-        setattr(attn, STATE_ATTR, UlyssesState(previous, group, balance, sparse_cost, block_m, block_n))
+        setattr(attn, STATE_ATTR, UlyssesState(previous, group, balance, sparse_cost, block_m, block_n, cost_model))
         attn.forward = types.MethodType(ulysses_self_attn_forward, attn)
         wrapped += 1
     return wrapped

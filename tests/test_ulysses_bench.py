@@ -41,7 +41,28 @@ def test_bench_ulysses_smoke(comfy, tmp_path):
     results = json.loads((tmp_path / "ulysses.json").read_text())
     rows = results["configs"]["smoke"]["rows"]
     sparse = [row for label, row in rows.items() if label.startswith("2 GPUs ours d=")]
-    assert len(sparse) == 4 and all(row["equal_to_1gpu"] for row in sparse)
+    assert len(sparse) == 6 and all(row["equal_to_1gpu"] for row in sparse)  # 2 densities x off / on / auto
+    assert sorted(row["balance"] for row in sparse) == ["auto", "auto", "off", "off", "on", "on"]
     assert all(len(row["attention_ms"]) == 2 and len(row["all_to_all_ms"]) == 2 for row in sparse)
+    assert all(row["measured_imbalance"] >= 1.0 and row["predicted_imbalance"] >= 1.0 for row in sparse)
+    layers = results["configs"]["smoke"]["layers"]
+    for density in ("0.3", "0.2"):
+        permuted = {mode: rows[f"2 GPUs ours d={density}, balancing {mode}"]["layers_permuted"]
+                    for mode in ("off", "on", "auto")}
+        assert permuted["off"] == 0 and 0 <= permuted["auto"] <= permuted["on"] <= layers
     assert results["configs"]["smoke"]["float32_check"]["equal"]
-    assert (tmp_path / "ulysses.md").read_text().count("| smoke |") == len(rows)
+    markdown = (tmp_path / "ulysses.md").read_text()
+    assert markdown.count("| smoke |") == len(rows) + len(sparse)  # the full table, then the balancing table
+    assert run.stdout.rstrip().splitlines()[-1].startswith("| smoke | d=0.2 | auto |")  # the balancing table last
+
+
+def test_bench_ulysses_layout_smoke(tmp_path):
+    """benchmarks/bench_ulysses_layout.py runs on the CPU and finds the folded
+    permutation equal to the unfolded one."""
+    run = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "bench_ulysses_layout.py"), "--smoke",
+                          "--out", str(tmp_path)], capture_output=True, text=True, timeout=300,
+                         env=dict(os.environ, OMP_NUM_THREADS="1"), cwd=str(tmp_path))
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-4000:]
+    row = json.loads((tmp_path / "ulysses_layout.json").read_text())["shapes"]["smoke"]
+    assert row["equal"] and all(row[way]["total_ms"] > 0 for way in ("identity", "folded", "unfolded"))
+    assert run.stdout.rstrip().splitlines()[-1].startswith("| smoke | 2 | unfolded |")

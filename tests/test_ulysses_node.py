@@ -74,7 +74,7 @@ def test_every_worker_gets_the_plan_and_the_ulysses_callback(comfy, monkeypatch)
     monkeypatch.setattr(raylight_node, "load_named_plan", lambda name: plan)
     actors = [FakeActor(m) for m in models]
     out = raylight_node.SparseVDiTRaylight.execute(ray_actors={"workers": actors}, plan="tiny.json", dense_warmup=0.0,
-                                                   balance_heads=True)
+                                                   balance_heads="on")
     assert out.result[0]["workers"] is actors
     for actor, original in zip(actors, models):
         assert actor.model is not original  # a clone: Raylight keeps the worker's unpatched model nowhere else
@@ -100,9 +100,36 @@ def test_every_worker_gets_the_plan_and_the_ulysses_callback(comfy, monkeypatch)
         actors[0].model.get_callbacks(extension.CallbacksMP.ON_LOAD, raylight.KEY)[0](actors[0].model, None, 0, False, True)
         states = ulysses.states(dm)
         assert len(states) == len(dm.blocks)
-        assert all(s.previous.__func__ is usp_self_attn_forward and s.balance for s in states)
+        assert all(s.previous.__func__ is usp_self_attn_forward and s.balance == "on" for s in states)
     ulysses.uninstall(dm)
     assert all(b.self_attn.forward.__func__ is usp_self_attn_forward for b in dm.blocks)
+
+
+def test_head_balancing_setting(comfy, monkeypatch):
+    """auto by default; the earlier true / false mean on / off; anything else
+    fails before any worker is touched."""
+    import comfy_harness
+    from sparse_vdit.nodes import raylight_node
+    from sparse_vdit.parallel import raylight
+
+    schema = raylight_node.SparseVDiTRaylight.define_schema()
+    (balance_input,) = [i for i in schema.inputs if i.id == "balance_heads"]
+    assert balance_input.default == "auto" and list(balance_input.options) == ["auto", "on", "off"]
+    monkeypatch.setitem(sys.modules, "ray", fake_ray())
+    model = comfy_harness.tiny_wan_model(seed=0)
+    monkeypatch.setattr(raylight_node, "load_named_plan", lambda name: tiny_plan(model))
+    seen = []
+    monkeypatch.setattr(raylight_node, "send_to_workers", lambda ray, workers, *payload: seen.append(payload[-1]))
+    for given, sent in (("auto", "auto"), ("off", "off"), (True, "on"), (False, "off")):
+        raylight_node.SparseVDiTRaylight.execute(ray_actors={"workers": [FakeActor(model)]}, plan="tiny.json",
+                                                 balance_heads=given)
+        assert seen.pop() == sent
+    with pytest.raises(ValueError, match="head balancing"):
+        raylight_node.SparseVDiTRaylight.execute(ray_actors={"workers": [FakeActor(model)]}, plan="tiny.json",
+                                                 balance_heads="sometimes")
+    assert seen == []
+    with pytest.raises(ValueError, match="head balancing"):
+        raylight.patch_worker(model, tiny_plan(model), balance="yes")
 
 
 def test_a_plan_that_does_not_fit_the_workers_model_fails_loudly(comfy, monkeypatch):

@@ -48,14 +48,16 @@ def comm_worker(rank: int, world: int, port: int, out_dir: str) -> None:
         x = comm_full_input(world)[:, rank * chunk:(rank + 1) * chunk].contiguous()
         order = torch.tensor(COMM_ORDER)
         ours = comm.seq_to_heads([x, 2 * x], None)
-        ordered = comm.seq_to_heads([x], None, order)[0]
+        ordered = comm.seq_to_heads([x, 2 * x], None, order)  # the order folded into one send of two tensors
+        identity = comm.seq_to_heads([x], None, torch.arange(len(COMM_ORDER)))[0]
         result = {
             "ours": ours[0], "ours_second": ours[1],
             "yunchang": all_to_all_4D(x, scatter_idx=2, gather_idx=1),
             "back_ours": comm.heads_to_seq(ours[0], None),
             "back_yunchang": all_to_all_4D(ours[0], scatter_idx=1, gather_idx=2),
-            "ordered": ordered,
-            "ordered_back": comm.heads_to_seq(ordered, None, order),
+            "ordered": ordered[0], "ordered_second": ordered[1],
+            "ordered_back": comm.heads_to_seq(ordered[0], None, order),
+            "identity": identity, "identity_back": comm.heads_to_seq(identity, None, torch.arange(len(COMM_ORDER))),
             "input": x,
         }
         torch.save(result, os.path.join(out_dir, f"comm_{rank}.pt"))
@@ -93,7 +95,8 @@ def _failing(*args, **kwargs):
 def wan_worker(rank: int, world: int, port: int, comfy_path: str, scenarios: list, out_dir: str) -> None:
     """Sample the tiny Wan under Ulysses for each scenario:
     {"name", "plan": plan JSON or None, "balance", "fail_rank": rank whose
-    sparse path raises, or None, "ring": yunchang's ring degree (1)}. Raylight's USP is stood in for by
+    sparse path raises, or None, "ring": yunchang's ring degree (1),
+    "cost_model": CostModel fields for auto (optional)}. Raylight's USP is stood in for by
     SequenceSplit (its pad-and-split) and dense_usp_forward (its attention),
     and the pack goes on through the Raylight node's worker patch."""
     _init(rank, world, port)
@@ -102,6 +105,7 @@ def wan_worker(rank: int, world: int, port: int, comfy_path: str, scenarios: lis
 
         import comfy_harness
         from sparse_vdit.parallel import raylight, sequence_split, ulysses
+        from sparse_vdit.parallel.balance import CostModel
 
         results = {}
         for scenario in scenarios:
@@ -115,7 +119,8 @@ def wan_worker(rank: int, world: int, port: int, comfy_path: str, scenarios: lis
             patched = model
             if scenario["plan"] is not None:
                 patched = raylight.patch_worker(model, scenario["plan"], None, 0.0, "reference",
-                                                scenario["balance"], block_m=BLOCK, block_n=BLOCK)
+                                                scenario["balance"], block_m=BLOCK, block_n=BLOCK,
+                                                cost_model=CostModel(**scenario.get("cost_model", {})))
             saved = ulysses.layer_attention
             if scenario.get("fail_rank") == rank:
                 ulysses.layer_attention = _failing
