@@ -154,8 +154,9 @@ class CostModel:
     benchmarks/bench_ulysses_layout.py measures on one GPU."""
     attention_tflops: float = 550.0  # dense attention, cuDNN bf16
     memory_gbps: float = 3000.0      # copy bandwidth (H100 peak 3,350, H200 4,800)
-    permute_passes: float = 0.5      # extra passes over the exchanged tensors a permuted layout costs (the
-    #                                  indexed copies being slower than plain ones: a guess, not measured)
+    permute_passes: float = 1.25     # extra passes over the exchanged tensors a permuted layout costs:
+    #                                  measured 1.26 / 1.22 (1.3B / 14B, H100, bench_ulysses_layout.py,
+    #                                  benchmarks/results/h100/ulysses_layout_NVIDIA_H100.txt)
     margin: float = 0.15             # share of the slowest rank's time a saving must exceed (the head
     #                                  costs' error: 1.3B 480p d 0.3 predicted 12% saved, measured none)
 

@@ -109,9 +109,9 @@ def test_cost_model_units():
     model = CostModel()
     # one full head of Wan 1.3B 480p, B = 2, D = 128: measured 1.93 ms on H200 (bench_ulysses fit)
     assert model.head_ms(WAN_480P, CallShape(2, 128, 2)) == pytest.approx(1.93, rel=0.05)
-    # 4 tensors (q, k, v in; out back) x read + write x B x tokens per rank x H x D x bytes, at 0.5 extra passes
+    # 4 tensors (q, k, v in; out back) x read + write x B x tokens per rank x H x D x bytes, at the extra passes measured
     geometry, call = Geometry(1, 1, 11), CallShape(3, 8, 4)
-    expected = 0.5 * (4 * 2 * 3 * 6 * 12 * 8 * 4) / 3000e9 * 1e3
+    expected = model.permute_passes * (4 * 2 * 3 * 6 * 12 * 8 * 4) / 3000e9 * 1e3
     assert model.permute_ms(geometry, 12, 2, call) == pytest.approx(expected)
     assert CostModel(permute_passes=0.0).permute_ms(WAN_480P, 12, 2, CallShape()) == 0.0
 

@@ -466,3 +466,13 @@ def test_api_prompt_passes_comfyui_validation(name, comfy_env):
     assert valid is True, (error, node_errors)
     assert node_errors == {}
     assert set(good_outputs) == outputs
+
+
+def test_every_template_has_its_picture_and_nothing_else_lies_beside_it():
+    """ComfyUI's template browser shows <name>.jpg for a pack's template <name>.json."""
+    names = set(os.listdir(wt.WORKFLOWS_DIR)) - {"raylight"}
+    pictures = {name[:-4] + ".json" for name in names if name.endswith(".jpg")}
+    assert pictures == set(WORKFLOWS) and names == set(WORKFLOWS) | {n[:-5] + ".jpg" for n in WORKFLOWS}
+    for name in WORKFLOWS:
+        with open(os.path.join(wt.WORKFLOWS_DIR, name[:-5] + ".jpg"), "rb") as f:
+            assert f.read(3) == b"\xff\xd8\xff", f"{name}: its picture is not a JPEG"
