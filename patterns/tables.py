@@ -37,6 +37,9 @@ def _block_unit_ranges(bounds: torch.Tensor, seq_len: int, size: int) -> tuple[t
 
 def pattern_block_mask(pattern: Pattern, geometry: Geometry, block_m: int, block_n: int) -> torch.Tensor:
     """bool [n_q_blocks, n_k_blocks]: the pattern rounded out to whole blocks."""
+    own = getattr(pattern, "block_mask", None)
+    if own is not None:  # finer than grid rows: the pattern rounds itself (base.py)
+        return own(geometry, block_m, block_n)
     units = unit_mask(pattern, geometry).to(torch.int32)
     bounds = unit_bounds(geometry)
     q_lo, q_hi = _block_unit_ranges(bounds, geometry.seq_len, block_m)

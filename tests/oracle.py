@@ -27,6 +27,9 @@ def token_allowed(pattern, geometry: Geometry, i: int, j: int) -> bool:
     if isinstance(qi, str) or isinstance(kj, str):
         return True
     (tq, yq), (tk, yk) = qi, kj
+    if pattern.name == "window_3d":
+        xq, xk = ((index - geometry.prefix) % geometry.cols for index in (i, j))
+        return abs(tq - tk) <= pattern.frames and abs(yq - yk) <= pattern.rows and abs(xq - xk) <= pattern.cols
     if pattern.name == "diagonal":
         return tq == tk and abs(yq - yk) <= pattern.rows
     if pattern.name == "multi_diagonal":

@@ -31,6 +31,7 @@ PATTERNS = {
     "multi_diagonal": ["md1"] * 3,
     "multi_diagonal_frames": ["md0f1"] * 3,
     "vertical_stripe": ["vs0"] * 3,
+    "window_3d": ["w3", "w3", "diag1"],
     "mixed5": ["full", "diag1", "skip", "md1", "vs0", "md0f1"],
 }
 CASES = {
@@ -76,9 +77,9 @@ TOL = {"float32": 1e-5, "float16": 2e-3, "bfloat16": 1.5e-2}
 # Shared helpers (run in the worker and in GPU tests)
 # --------------------------------------------------------------------------
 def _pattern(tag):
-    from sparse_vdit.patterns import Diagonal, Full, MultiDiagonal, Skip, VerticalStripe
+    from sparse_vdit.patterns import Diagonal, Full, MultiDiagonal, Skip, VerticalStripe, Window3D
     return {"diag1": Diagonal(1), "md1": MultiDiagonal(1), "md0f1": MultiDiagonal(0, 1),
-            "vs0": VerticalStripe((0,)), "full": Full(), "skip": Skip()}[tag]
+            "vs0": VerticalStripe((0,)), "full": Full(), "skip": Skip(), "w3": Window3D(1, 2, 3)}[tag]
 
 
 def _make_layer(name, geometry, bm, bn, device):
@@ -430,6 +431,8 @@ GPU_CASES = {
     "mixed5-bf16-d128-128x128": dict(layer="mixed5", g=(5, 30, 52, 1, 0), dtype="bfloat16", d=128, layout="flat",
                                      b=1, bm=128, bn=128),
     "mixed5-fp32-d64-flat": dict(layer="mixed5", g=(3, 30, 52, 0, 0), dtype="float32", d=64, layout="flat", b=1),
+    "window_3d-bf16-d128-flat": dict(layer="window_3d", g=(5, 30, 52, 7, 9), dtype="bfloat16", d=128,
+                                     layout="flat", b=2),
     "empty-rows-bf16-d128": dict(layer="empty", g=(5, 30, 52, 0, 0), dtype="bfloat16", d=128, layout="flat", b=2),
     "mixed5-bf16-d128-flat-tile64": dict(layer="mixed5", g=(5, 30, 52, 7, 9), dtype="bfloat16", d=128,
                                          layout="flat", b=3, cfg={"tile_m": 64}),
