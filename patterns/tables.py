@@ -20,6 +20,8 @@ from .geometry import Geometry
 
 DEFAULT_BLOCK_M = 128
 DEFAULT_BLOCK_N = 64
+# Head kinds served through block tables (routed heads: routed.py).
+TABLE_KINDS = ("sparse", "routed")
 
 
 def _blocks(n: int, size: int) -> int:
@@ -115,7 +117,7 @@ def build_block_table(patterns: Sequence[Pattern], heads: Sequence[int], geometr
     per_pattern: dict[Pattern, torch.Tensor] = {}
     masks = []
     for pattern in patterns:
-        if pattern.kind != "sparse":
+        if pattern.kind not in TABLE_KINDS:
             raise ValueError(f"{pattern.name} heads do not go through block tables")
         if pattern not in per_pattern:
             per_pattern[pattern] = pattern_block_mask(pattern, geometry, block_m, block_n)

@@ -232,7 +232,8 @@ def check_plan_name(name, shipped: tuple[str, ...] | None = None) -> str:
 # ---------------------------------------------------------------- statistics
 
 _CANDIDATE_FIELDS = {"skip": set(), "diagonal": {"rows"}, "multi_diagonal": {"rows", "frames"},
-                     "vertical_stripe": {"top_frames"}, "window_3d": {"frames", "rows", "cols"}}
+                     "vertical_stripe": {"top_frames"}, "window_3d": {"frames", "rows", "cols"},
+                     "routed": {"share"}}
 
 
 def candidates(data, where: str) -> tuple:
@@ -258,7 +259,8 @@ def candidates(data, where: str) -> tuple:
             frames = integer(frames, 0 if window else 1, 4096, f"{at}.frames")
         top = integer(entry.get("top_frames"), 1, MAX_FRAMES, f"{at}.top_frames") if mode == "vertical_stripe" else None
         cols = integer(entry.get("cols"), 0, 4096, f"{at}.cols") if window else None
-        menu.append(Candidate(mode, rows, frames, top, cols))
+        share = number(entry.get("share"), 0.0, 1.0, f"{at}.share", open_low=True) if mode == "routed" else None
+        menu.append(Candidate(mode, rows, frames, top, cols, share))
     return tuple(menu)
 
 

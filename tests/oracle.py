@@ -69,10 +69,52 @@ def layer_oracle(q, k, v, layer, geometry: Geometry, block_m: int, block_n: int)
     """q, k, v: [B, L, H, D]. Every head by its pattern, block-rounded. float64 [B, L, H, D]."""
     outs = []
     for head, pattern in enumerate(layer.heads):
-        mask = block_rounded(token_mask(pattern, geometry), block_m, block_n)
+        if pattern.name == "routed":  # chosen from q and k, by its definition
+            mask = block_mask_to_tokens(routed_block_mask64(q, k, geometry, pattern.share, head, block_m, block_n),
+                                        geometry.seq_len, block_m, block_n)
+        else:
+            mask = block_rounded(token_mask(pattern, geometry), block_m, block_n)
         outs.append(masked_attention64(q[:, :, head], k[:, :, head], v[:, :, head], mask))
     return torch.stack(outs, 2)
 
 
 def rel_err(x: torch.Tensor, ref: torch.Tensor) -> float:
     return float((x.double() - ref.double()).norm() / ref.double().norm())
+
+
+def routed_block_mask64(q: torch.Tensor, k: torch.Tensor, geometry: Geometry, share: float, head: int,
+                        block_m: int, block_n: int) -> torch.Tensor:
+    """bool [n_q, n_k]: a routed head's key blocks by its definition, in
+    float64, one row at a time: per query block, its own key blocks, those
+    with extra tokens, then the highest batch-mean pooled scores (ties: the
+    lower block); a query block with extra tokens sees everything."""
+    import math
+    n = geometry.seq_len
+    n_q, n_k = -(-n // block_m), -(-n // block_n)
+
+    def means(x, size):
+        x = x[:, :, head].double()
+        return torch.stack([x[:, i * size:(i + 1) * size].mean(1) for i in range(-(-n // size))], 1)  # [B, blocks, D]
+
+    is_extra = [token_unit(geometry, i) in ("P", "S") for i in range(n)]
+    extra_keys = {j for j in range(n_k) if any(is_extra[j * block_n:(j + 1) * block_n])}
+    qm, km = means(q, block_m), means(k, block_n)
+    scores = torch.einsum("bid,bjd->ij", qm, km) / q.shape[0] * q.shape[-1] ** -0.5
+    rows, forced = [], {}
+    for i in range(n_q):
+        tokens = range(i * block_m, min((i + 1) * block_m, n))
+        if any(is_extra[t] for t in tokens):
+            continue
+        rows.append(i)
+        forced[i] = {t // block_n for t in tokens} | extra_keys
+    k_row = min(n_k, max([math.ceil(share * n_k)] + [len(f) for f in forced.values()]))
+    mask = torch.ones(n_q, n_k, dtype=torch.bool)
+    for i in rows:
+        order = sorted(range(n_k), key=lambda j: (j not in forced[i], -float(scores[i, j]), j))
+        mask[i] = False
+        mask[i, order[:k_row]] = True
+    return mask
+
+
+def block_mask_to_tokens(mask: torch.Tensor, seq_len: int, block_m: int, block_n: int) -> torch.Tensor:
+    return mask.repeat_interleave(block_m, 0).repeat_interleave(block_n, 1)[:seq_len, :seq_len]

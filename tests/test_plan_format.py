@@ -4,7 +4,7 @@ import os
 
 import pytest
 
-from sparse_vdit.patterns import Diagonal, Full, LayerPattern, MultiDiagonal, Skip, VerticalStripe, Window3D
+from sparse_vdit.patterns import Diagonal, Full, LayerPattern, MultiDiagonal, Routed, Skip, VerticalStripe, Window3D
 from sparse_vdit.plans import format as plan_format
 from sparse_vdit.plans.format import (DenseSchedule, ModelShape, Plan, PlanError, StepRange, dumps_plan, load_plan,
                                       loads_plan, plan_to_dict, save_plan)
@@ -36,7 +36,7 @@ def test_round_trip(tmp_path):
     assert json.loads(path.read_text())["version"] == 1
 
 
-NEW_MODES = LayerPattern((Window3D(1, 2, 3), Full(), Diagonal(1), Skip(), Window3D(0, 0, 9)))
+NEW_MODES = LayerPattern((Window3D(1, 2, 3), Full(), Routed(0.05), Skip(), Window3D(0, 0, 9)))
 
 
 def test_new_modes_need_version_3(tmp_path, monkeypatch):
@@ -50,6 +50,9 @@ def test_new_modes_need_version_3(tmp_path, monkeypatch):
     data = json.loads(path.read_text())
     data["version"] = 2
     with pytest.raises(PlanError, match="later_step_ranges.*head 0: mode 'window_3d' needs plan format version 3"):
+        loads_plan(json.dumps(data), "old.json")
+    data["later_step_ranges"][0]["layers"][0]["heads"][0] = {"mode": "diagonal", "rows": 1}
+    with pytest.raises(PlanError, match="head 2: mode 'routed' needs plan format version 3"):
         loads_plan(json.dumps(data), "old.json")
     monkeypatch.setattr(plan_format, "FORMAT_VERSION", 2)  # a pack from before version 3
     with pytest.raises(PlanError, match="version 3 is not supported.*update the pack"):
