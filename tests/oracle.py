@@ -82,15 +82,15 @@ def rel_err(x: torch.Tensor, ref: torch.Tensor) -> float:
     return float((x.double() - ref.double()).norm() / ref.double().norm())
 
 
-def routed_block_mask64(q: torch.Tensor, k: torch.Tensor, geometry: Geometry, share: float, head: int,
-                        block_m: int, block_n: int) -> torch.Tensor:
-    """bool [n_q, n_k]: a routed head's key blocks by its definition, in
-    float64, one row at a time: per query block, its own key blocks, those
-    with extra tokens, then the highest batch-mean pooled scores (ties: the
-    lower block); a query block with extra tokens sees everything."""
+def routed_definition64(q: torch.Tensor, k: torch.Tensor, geometry: Geometry, share: float, head: int,
+                        block_m: int, block_n: int):
+    """A routed head by its definition, in float64: (pooled scores [n_q, n_k]
+    = batch mean of block-mean q . block-mean k / sqrt(D), {routed query
+    block: its forced key blocks (own, extra-token)}, key blocks per routed
+    row). Query blocks holding extra tokens are not routed (they see all)."""
     import math
     n = geometry.seq_len
-    n_q, n_k = -(-n // block_m), -(-n // block_n)
+    n_k = -(-n // block_n)
 
     def means(x, size):
         x = x[:, :, head].double()
@@ -98,22 +98,46 @@ def routed_block_mask64(q: torch.Tensor, k: torch.Tensor, geometry: Geometry, sh
 
     is_extra = [token_unit(geometry, i) in ("P", "S") for i in range(n)]
     extra_keys = {j for j in range(n_k) if any(is_extra[j * block_n:(j + 1) * block_n])}
-    qm, km = means(q, block_m), means(k, block_n)
-    scores = torch.einsum("bid,bjd->ij", qm, km) / q.shape[0] * q.shape[-1] ** -0.5
-    rows, forced = [], {}
-    for i in range(n_q):
+    scores = torch.einsum("bid,bjd->ij", means(q, block_m), means(k, block_n)) / q.shape[0] * q.shape[-1] ** -0.5
+    forced = {}
+    for i in range(-(-n // block_m)):
         tokens = range(i * block_m, min((i + 1) * block_m, n))
-        if any(is_extra[t] for t in tokens):
-            continue
-        rows.append(i)
-        forced[i] = {t // block_n for t in tokens} | extra_keys
+        if not any(is_extra[t] for t in tokens):
+            forced[i] = {t // block_n for t in tokens} | extra_keys
     k_row = min(n_k, max([math.ceil(share * n_k)] + [len(f) for f in forced.values()]))
-    mask = torch.ones(n_q, n_k, dtype=torch.bool)
-    for i in rows:
-        order = sorted(range(n_k), key=lambda j: (j not in forced[i], -float(scores[i, j]), j))
+    return scores.cpu(), forced, k_row
+
+
+def routed_block_mask64(q, k, geometry: Geometry, share: float, head: int, block_m: int, block_n: int) -> torch.Tensor:
+    """bool [n_q, n_k]: per routed query block its forced key blocks, then
+    the highest pooled scores, ties to the lower block; other rows all."""
+    scores, forced, k_row = routed_definition64(q, k, geometry, share, head, block_m, block_n)
+    mask = torch.ones(scores.shape, dtype=torch.bool)
+    for i, must in forced.items():
+        order = sorted(range(scores.shape[1]), key=lambda j: (j not in must, -float(scores[i, j]), j))
         mask[i] = False
         mask[i, order[:k_row]] = True
     return mask
+
+
+def assert_routed_rows_valid(mask: torch.Tensor, q, k, geometry: Geometry, share: float, head: int,
+                             block_m: int, block_n: int, tol: float) -> None:
+    """mask [n_q, n_k] is a top-k of the float64 pooled scores up to `tol`
+    (relative to the largest score): for devices whose rounding may swap
+    near-ties. Forced blocks kept, k per routed row, other rows full."""
+    scores, forced, k_row = routed_definition64(q, k, geometry, share, head, block_m, block_n)
+    mask = mask.cpu()
+    slack = tol * float(scores.abs().max())
+    for i in range(scores.shape[0]):
+        if i not in forced:
+            assert bool(mask[i].all()), f"query block {i} holds extra tokens and must see every key block"
+            continue
+        chosen = set(mask[i].nonzero()[:, 0].tolist())
+        assert len(chosen) == k_row and forced[i] <= chosen, (i, sorted(chosen), sorted(forced[i]))
+        picked = [float(scores[i, j]) for j in chosen - forced[i]]
+        left = [float(scores[i, j]) for j in range(scores.shape[1]) if j not in chosen]
+        if picked and left:
+            assert min(picked) >= max(left) - slack, f"query block {i}: a lower-scored block was chosen"
 
 
 def block_mask_to_tokens(mask: torch.Tensor, seq_len: int, block_m: int, block_n: int) -> torch.Tensor:
