@@ -146,3 +146,48 @@ def test_calibration_scores_routed_candidates_as_they_run():
         err = (reference_sparse_attention(q, k, v, compiled.table) - dense).pow(2).mean((0, 1, 3))
         assert torch.allclose(scores.sq_err[:, column], err, rtol=1e-4), (share, scores.sq_err[:, column], err)
     assert bool((scores.sq_err[:, 2] < scores.sq_err[:, 1]).all())  # keeping more blocks errs less
+
+
+def test_routed_benchmark_smoke(tmp_path):
+    """The GPU benchmark's one command runs end to end on the CPU at a tiny shape."""
+    import json
+    import os
+    import sys
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks"))
+    import bench_routed
+    result = bench_routed.main(["--smoke", "--out", str(tmp_path)])
+    rows = json.loads((tmp_path / "routed_smoke.json").read_text())["rows"]
+    assert rows == result["rows"] and [r["method"] for r in rows] == ["cudnn dense"] + ["routed (ours)"] * 3
+    routed = rows[1:]
+    assert all(0 < r["kept_share"] < 1 and r["routing_ms"] >= 0 for r in routed)
+    assert routed[0]["rel_err"] >= routed[-1]["rel_err"] > 0  # keeping more blocks errs less
+    assert abs(bench_routed.tau_for_share(0.16) - 1.0) < 1e-9 and abs(bench_routed.tau_for_share(0.027) - 2.0) < 1e-9
+
+
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+@pytest.mark.gpu
+@needs_cuda
+@pytest.mark.parametrize("batch", [1, 2])
+def test_gpu_routing_has_no_host_sync_and_picks_a_top_k(batch):
+    """The routing pass runs without a host synchronisation (CUDA's sync
+    debug mode raises on one), and its bf16-input rows are a top-k of the
+    float64 pooled scores up to rounding."""
+    from oracle import assert_routed_rows_valid
+    geometry = Geometry(5, 30, 52, prefix=7, suffix=9)
+    layer = LayerPattern((Routed(0.1), Diagonal(1), Routed(0.2), Full()))
+    compiled = compile_layer(layer, geometry, "cuda")
+    q, k, _ = (x.to("cuda", torch.bfloat16) for x in qkv(batch, geometry, 4, 128, seed=batch))
+    routing.route(q, k, compiled)  # first call: lazy CUDA init and kernel loads
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        routing.route(q, k, compiled)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    masks = compiled.table.block_mask()
+    for slot, head in enumerate(compiled.sparse_heads):
+        if layer.heads[head].kind == "routed":
+            assert_routed_rows_valid(masks[slot], q.float().cpu(), k.float().cpu(), geometry, layer.heads[head].share,
+                                     head, 128, 64, 1e-4)
