@@ -117,7 +117,8 @@ def run_shape(name: str, spec: dict, kitchen, device, timer, log) -> list[dict]:
         out = kitchen.sol_attn(q4, k4, v4, tau=tau)
         ms = timer(lambda: kitchen.sol_attn(q4, k4, v4, tau=tau))
         inferred = (ms - offset) / slope if slope > 0 else None
-        record("sol-attn", f"tau={tau:.2f}", ms, out, inferred, share_target=share, kept_share_source="inferred from time")
+        record("sol-attn", f"tau={tau:.2f}", ms, out, inferred, share_target=share,
+               kept_share_source="inferred from time")
     return rows
 
 

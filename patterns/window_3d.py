@@ -71,7 +71,8 @@ class Window3D(Pattern):
         a1 = torch.where(middle, 0, (start % cols - self.cols).clamp(min=0)[:, None])
         b1 = torch.where(middle, cols - 1, (first_end + self.cols).clamp(max=cols - 1)[:, None])
         b1 = torch.where(middle | reach[:, first_row].T, b1, -1)
-        b2 = torch.where(~middle & (reach[:, last_row] & two_rows).T, (last % cols + self.cols).clamp(max=cols - 1)[:, None], -1)
+        last_end = (last % cols + self.cols).clamp(max=cols - 1)[:, None]
+        b2 = torch.where(~middle & (reach[:, last_row] & two_rows).T, last_end, -1)
         intervals = (a1, b1, torch.zeros_like(b2), b2)
         before = F.pad(_seen_below(torch.full_like(a1, cols), *intervals).cumsum(1), (1, 0))  # [block, U + 1]
         # Seen tokens before each key block's first token; a key block is

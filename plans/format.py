@@ -222,7 +222,8 @@ def _later_ranges_from_list(entries, version: int, model: ModelShape, source: st
         start = check.number(entry.get("from_step_fraction"), previous, 1.0,
                              f"{where}: from_step_fraction (increasing from range to range)", open_low=True,
                              open_high=True)
-        ranges.append(StepRange(start, _layers_from_list(_require(entry, "layers", list, where), model, where, version)))
+        layers = _layers_from_list(_require(entry, "layers", list, where), model, where, version)
+        ranges.append(StepRange(start, layers))
         previous = start
     return tuple(ranges)
 

@@ -253,7 +253,8 @@ def candidates(data, where: str) -> tuple:
         if extra:
             raise PlanError(f"{at}: {mode} candidates take no {sorted(extra)[:3]}")
         window = mode == "window_3d"
-        rows = integer(entry.get("rows"), 0, 4096, f"{at}.rows") if mode in ("diagonal", "multi_diagonal") or window else None
+        has_rows = mode in ("diagonal", "multi_diagonal") or window
+        rows = integer(entry.get("rows"), 0, 4096, f"{at}.rows") if has_rows else None
         frames = entry.get("frames")
         if frames is not None or window:
             frames = integer(frames, 0 if window else 1, 4096, f"{at}.frames")

@@ -109,7 +109,8 @@ BIG_INT, DEEP, UNCLOSED = "\x00BIG\x00", "\x00DEEP\x00", "\x00UNCLOSED\x00"
 leaves = st.one_of(
     st.none(), st.booleans(), st.integers(-2**40, 2**40), st.integers(-3, 70),
     st.floats(allow_nan=True, allow_infinity=True), st.text(max_size=12),
-    st.sampled_from(["full", "skip", "diagonal", "multi_diagonal", "vertical_stripe", "window_3d", "routed", "sparse-vdit-plan",
+    st.sampled_from(["full", "skip", "diagonal", "multi_diagonal", "vertical_stripe", "window_3d", "routed",
+                     "sparse-vdit-plan",
                      "calibrated", "static-baseline", "all", "x" * 400, "../../etc/passwd", "con", BIG_INT, DEEP,
                      UNCLOSED, 1e308, -0.0, 10**18, 4097, -4097, 1 << 31]))
 json_values = st.recursive(leaves, lambda inner: st.lists(inner, max_size=4)

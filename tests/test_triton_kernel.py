@@ -68,6 +68,11 @@ CASES = {
                                              b=3, cfg={"tma": True, "rows_per_program": 2}),
     "mixed5-fp32-d128-flat-tma-rows5": dict(layer="mixed5", g=G_VID, dtype="float32", d=128, layout="flat", b=1,
                                             cfg={"tma": True, "rows_per_program": 5}),
+    # the same routed table again with other inputs: nothing cached on it (row order, entry rows) may go stale
+    **{f"mixed_routed-fp16-d64-rows3-call{i}": dict(layer="mixed_routed", g=G_VID, dtype="float16", d=64,
+                                                        layout="flat", b=2, call=i,
+                                                        cfg={"rows_per_program": 3})
+       for i in (1, 2)},
     "errors": dict(kind="errors"),
     "torch-compile": dict(kind="compile"),
 }
@@ -457,6 +462,10 @@ GPU_CASES = {
                                            layout="flat", b=2),
     "mixed_routed-bf16-d128-bhld-ptr-b1": dict(layer="mixed_routed", g=(5, 30, 52, 0, 0), dtype="bfloat16",
                                                d=128, layout="bhld", b=1, cfg={"tma": False}),
+    **{f"mixed_routed-bf16-d128-flat-lpt-call{i}": dict(layer="mixed_routed", g=(5, 30, 52, 7, 9),
+                                                        dtype="bfloat16", d=128, layout="flat", b=2, call=i,
+                                                        cfg={"order": "lpt"})
+       for i in (1, 2)},
     "mixed_routed-bf16-d128-flat-rows3": dict(layer="mixed_routed", g=(5, 30, 52, 7, 9), dtype="bfloat16",
                                               d=128, layout="flat", b=2, cfg={"rows_per_program": 3}),
     "empty-rows-bf16-d128": dict(layer="empty", g=(5, 30, 52, 0, 0), dtype="bfloat16", d=128, layout="flat", b=2),
