@@ -191,3 +191,15 @@ def test_gpu_routing_has_no_host_sync_and_picks_a_top_k(batch):
         if layer.heads[head].kind == "routed":
             assert_routed_rows_valid(masks[slot], q.float().cpu(), k.float().cpu(), geometry, layer.heads[head].share,
                                      head, 128, 64, 1e-4)
+
+
+def test_nothing_to_route_still_runs(poisoned_outputs):
+    """Every query block holds extra tokens (one block here): no routed rows,
+    the head sees everything, and the call runs."""
+    compiled = compile_layer(LayerPattern((Routed(0.1), Full())), GEOMETRY, "cpu")  # 128-token blocks: one
+    assert len(compiled.routing[0].rows) == 0
+    q, k, v = qkv(1, GEOMETRY, 2, 16, seed=9)
+    out = dispatch.layer_attention(*(x.reshape(1, GEOMETRY.seq_len, -1) for x in (q, k, v)), compiled, heads=2,
+                                   backend="reference").view(1, GEOMETRY.seq_len, 2, 16)
+    ref = layer_oracle(q, k, v, LayerPattern((Full(), Full())), GEOMETRY, 128, 64)
+    assert rel_err(out, ref) < 1e-5
