@@ -86,5 +86,10 @@ MENUS["wide"] = MENUS["standard"] + (
 )
 
 
+# The paper's modes (Sparse-vDiT): what the menu held before 3-D windows and
+# routed heads, kept to measure what the newer modes add (Statistics.with_modes).
+PAPER_MODES = ("skip", "diagonal", "multi_diagonal", "vertical_stripe")
+
+
 def max_top_frames(candidates: Sequence[Candidate]) -> int:
     return max((c.top_frames for c in candidates if c.mode == "vertical_stripe"), default=0)

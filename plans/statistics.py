@@ -52,6 +52,23 @@ class Statistics:
             raise PlanError("statistics tensors have inconsistent shapes")
 
 
+def with_modes(stats: Statistics, modes) -> Statistics:
+    """The same statistics with only the candidates of these modes (full
+    stays the fallback), e.g. the paper's menu, to solve with and without
+    the newer modes from one calibration."""
+    keep = [i for i, c in enumerate(stats.candidates) if c.mode in modes]
+    if not keep:
+        raise ValueError(f"no candidate of modes {sorted(modes)} in these statistics")
+    index = torch.tensor(keep, dtype=torch.long)
+    cost_index = torch.cat([index, torch.tensor([len(stats.candidates)])])  # the last cost is full's
+    out = Statistics(stats.model, stats.geometry, tuple(stats.candidates[i] for i in keep),
+                     stats.sq_err.index_select(-1, index), stats.power, stats.cost.index_select(0, cost_index),
+                     stats.stripe_frames, stats.frame_mass, stats.thumbnails, stats.probe_steps, stats.cost_source,
+                     {**stats.info, "modes": sorted(modes)})
+    out.check()
+    return out
+
+
 def _writer(stats: Statistics):
     from safetensors.torch import save_file
 
