@@ -61,7 +61,7 @@ TESTS_DIR = os.path.dirname(os.path.abspath(__file__))
 PACK = wt.PACK_ROOT
 PACK_FOLDER = "ComfyUI-Sparse-vDiT"
 SCREENSHOT = os.path.join(PACK, "docs", "wan21_t2v_workflow.png")
-SCREENSHOT_WORKFLOW = "wan2.1_t2v_1.3b_sparse.json"
+SCREENSHOT_WORKFLOW = "Wan2.1 T2V 1.3B with sparse attention.json"
 FRONTEND_CACHE = os.path.join(os.path.expanduser("~"), ".cache", "sparse-vdit", "comfyui-frontend-package")
 
 SERVER_START_TIMEOUT = 240  # s: imports torch and every comfy_extras module on 2 cores
