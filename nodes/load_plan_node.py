@@ -15,9 +15,9 @@ class SparseVDiTLoadPlan(io.ComfyNode):
             node_id="SparseVDiTLoadPlan",
             display_name="Sparse-vDiT Load Plan",
             category="model_patches/sparse_vdit",
-            description="Loads a plan file (shipped, calibrated or shared) without any model, to look at it with "
-                        "Plan Preview, compare plans, or re-solve a calibrated one with Solve Plan. To run a model "
-                        "with a plan, pick the plan in the Patch node instead.",
+            description="Use it to look at a plan file (shipped, calibrated or shared) without any model: feed "
+                        "Plan Preview to see it, compare plans, or Solve Plan to re-solve a calibrated one. To run "
+                        "a model with a plan, pick the plan in the Patch node instead.",
             inputs=[
                 io.Combo.Input("plan", options=plan_names(),
                                tooltip="A plan file from models/sparse_vdit_plans or the plans shipped with the pack "

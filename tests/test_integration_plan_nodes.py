@@ -82,3 +82,18 @@ def test_solve_warns_when_a_target_skips_many_heads_or_overshoots_epsilon(folder
     assert counts.get("skip", 0) > sum(counts.values()) / 4
     assert "more than a quarter" in report and "predicted above epsilon 1" in report
     assert len([r for r in caplog.records if "Solve Plan" in r.message]) == 2
+
+
+def test_every_node_says_when_to_use_it_and_every_input_and_output_has_a_tooltip(comfy):
+    import asyncio
+
+    from sparse_vdit.nodes.extension import SparseVDiTExtension
+
+    nodes = asyncio.run(SparseVDiTExtension().get_node_list())
+    assert {n.define_schema().node_id for n in nodes} >= {"SparseVDiTLoadPlan", "SparseVDiTPatch"}
+    for node in nodes:
+        schema = node.define_schema()
+        assert "Use it" in schema.description or "Use after" in schema.description, schema.node_id
+        missing = [f"{schema.node_id}.{i.id}" for i in schema.inputs if not i.tooltip]
+        missing += [f"{schema.node_id} output {o.display_name}" for o in schema.outputs if not o.tooltip]
+        assert not missing, missing
