@@ -51,18 +51,18 @@ WAN_T2V_FILES = {
 EXPECTED = {
     "Wan2.1 T2V 1.3B with sparse attention.json": dict(
         models={"diffusion_models": ["wan2.1_t2v_1.3B_fp16.safetensors"], **WAN_T2V_FILES},
-        plans=["wan2.1-1.3b_static-baseline.json"], samplers={"KSampler": 1}),
+        plans=["auto"], samplers={"KSampler": 1}),
     "Wan2.1 T2V 14B with sparse attention.json": dict(
         models={"diffusion_models": ["wan2.1_t2v_14B_fp16.safetensors"], **WAN_T2V_FILES},
-        plans=["wan2.1-14b_static-baseline.json"], samplers={"KSampler": 1}),
+        plans=["auto"], samplers={"KSampler": 1}),
     "Wan2.1 I2V 14B with sparse attention.json": dict(
         models={"diffusion_models": ["wan2.1_i2v_480p_14B_fp16.safetensors"], **WAN_T2V_FILES,
                 "clip_vision": ["clip_vision_h.safetensors"]},
-        plans=["wan2.1-14b_static-baseline.json"], samplers={"KSampler": 1}),
+        plans=["auto"], samplers={"KSampler": 1}),
     "Wan2.2 T2V A14B with sparse attention.json": dict(
         models={"diffusion_models": ["wan2.2_t2v_high_noise_14B_fp8_scaled.safetensors",
                                      "wan2.2_t2v_low_noise_14B_fp8_scaled.safetensors"], **WAN_T2V_FILES},
-        plans=["wan2.1-14b_static-baseline.json", "wan2.1-14b_static-baseline.json"],
+        plans=["auto", "auto"],
         samplers={"KSamplerAdvanced": 2}),
     "Wan2.1 calibrate a plan for your model.json": dict(
         models={"diffusion_models": ["wan2.1_t2v_1.3B_fp16.safetensors"], **WAN_T2V_FILES},
@@ -481,3 +481,13 @@ def test_look_at_a_plan_needs_no_model_and_shows_the_plan_and_its_description():
     assert wt.upstream(wf, prev["id"], "plan") == (load, 0)
     assert wt.upstream(wf, image["id"], "images") == (prev, 0)
     assert wt.upstream(wf, text["id"], "source") == (load, 1)
+
+
+@pytest.mark.parametrize("name", WORKFLOWS)
+def test_notes_follow_the_readme_on_triton_and_on_which_plan(name):
+    wf = _wf(name)
+    text = "\n".join(str(v) for n in wf["nodes"] if n["type"] in wt.NOTE_TYPES for v in n.get("widgets_values") or [])
+    assert "pip install triton" not in text  # Linux torch brings Triton; Windows needs triton-windows
+    if _nodes_of(wf, "SparseVDiTPatch"):
+        assert "triton-windows" in text and "not calibrated on any model" in text and "`auto`" in text
+        assert "no HunyuanVideo plan ships" not in text
