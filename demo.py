@@ -148,7 +148,7 @@ def load_yardstick_demo():
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m sparse_vdit demo", description=__doc__.splitlines()[0])
-    parser.add_argument("--device", default="auto", help="auto (GPU if there is one), cpu, cuda or cuda:N")
+    parser.add_argument("--device", default="auto", help="auto (GPU if there is one), cpu or cuda")
     parser.add_argument("--planted", action="store_true",
                         help="the planted-shapes layer demo even where the trained yardstick could run")
     parser.add_argument("--comfyui", default=None,

@@ -96,16 +96,13 @@ def parse_grid(text: str | None):
 
 
 def check_device(device: str) -> str:
-    """auto, cpu, cuda or cuda:N; cuda only where this torch has a GPU."""
+    """auto, cpu or cuda (the current GPU: choose another with CUDA_VISIBLE_DEVICES); cuda only where
+    this torch has a GPU."""
     import torch
 
-    if device in ("auto", "cpu"):
-        return device
-    if device != "cuda" and not (device.startswith("cuda:") and device[5:].isdigit()):
-        raise DemoError(f"--device {device}: use auto, cpu, cuda or cuda:N")
-    if not torch.cuda.is_available():
+    if device not in ("auto", "cpu", "cuda"):
+        raise DemoError(f"--device {device}: use auto, cpu or cuda (another GPU: CUDA_VISIBLE_DEVICES)")
+    if device == "cuda" and not torch.cuda.is_available():
         build = "a CPU-only build" if torch.version.cuda is None else "no usable CUDA GPU here"
-        raise DemoError(f"--device {device}: torch {torch.__version__} has {build}; use --device cpu (or auto)")
-    if device.startswith("cuda:") and int(device[5:]) >= torch.cuda.device_count():
-        raise DemoError(f"--device {device}: there are {torch.cuda.device_count()} CUDA devices")
+        raise DemoError(f"--device cuda: torch {torch.__version__} has {build}; use --device cpu (or auto)")
     return device

@@ -67,7 +67,8 @@ def test_missing_comfyui_packages_are_named_with_the_install_command(capsys, no_
 
 
 @pytest.mark.parametrize("argv, says", [
-    (["--device", "gpu"], "--device gpu: use auto, cpu, cuda or cuda:N"),
+    (["--device", "gpu"], "--device gpu: use auto, cpu or cuda"),
+    (["--device", "cuda:1"], "--device cuda:1: use auto, cpu or cuda"),
     (["--grid", "1,2"], "--grid 1,2: give three positive whole numbers"),
     (["--grid", "0,4,4"], "--grid 0,4,4: give three positive whole numbers"),
     (["--grid", "a,b,c"], "--grid a,b,c: give three positive whole numbers"),
