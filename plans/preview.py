@@ -104,13 +104,19 @@ def _panel_width(plan: Plan) -> tuple[int, int]:
 
 
 def wrap(text: str, width: int, measure) -> list[str]:
-    """Words onto lines no wider than `width` (a single longer word keeps its line)."""
+    """Words onto lines no wider than `width`; a word longer than a line is cut."""
     lines: list[str] = []
     for word in text.split(" "):
         if lines and measure(lines[-1] + " " + word) <= width:
             lines[-1] += " " + word
-        else:
-            lines.append(word)
+            continue
+        while len(word) > 1 and measure(word) > width:  # a long name without spaces
+            cut = 1
+            while cut < len(word) and measure(word[:cut + 1]) <= width:
+                cut += 1
+            lines.append(word[:cut])
+            word = word[cut:]
+        lines.append(word)
     return lines
 
 

@@ -71,6 +71,14 @@ def test_a_long_header_wraps_inside_the_picture_and_the_grid_moves_down():
 
 
 
+def test_a_name_without_spaces_is_cut_to_the_width():
+    from sparse_vdit.plans.preview import wrap
+
+    lines = wrap("short " + "x" * 50 + " end", 20, len)
+    assert lines == ["short", "x" * 20, "x" * 20, "x" * 10 + " end"]
+    assert all(len(line) <= 20 for line in wrap("y" * 95, 20, len))
+
+
 def test_a_layer_with_every_head_skipped_reads_skip():
     from sparse_vdit.plans.preview import speedup_text
 
