@@ -67,7 +67,7 @@ EXPECTED = {
     "Wan2.1 calibrate a plan for your model.json": dict(
         models={"diffusion_models": ["wan2.1_t2v_1.3B_fp16.safetensors"], **WAN_T2V_FILES},
         plans=[], samplers={}),
-    "HunyuanVideo T2V with sparse attention (auto plan).json": dict(
+    "HunyuanVideo T2V with sparse attention.json": dict(
         models={"diffusion_models": ["hunyuan_video_t2v_720p_bf16.safetensors"],
                 "text_encoders": ["clip_l.safetensors", "llava_llama3_fp8_scaled.safetensors"],
                 "vae": ["hunyuan_video_vae_bf16.safetensors"]},
