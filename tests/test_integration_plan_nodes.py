@@ -66,6 +66,13 @@ def test_solve_from_a_plan_names_what_it_wrote_and_never_overwrites(folder, capl
         solve(plan=loaded)
 
 
+def stats_epsilon(path):
+    from sparse_vdit.plans.solve_report import calibration_epsilon
+    from sparse_vdit.plans.statistics import load_statistics
+
+    return calibration_epsilon(load_statistics(str(path)))
+
+
 def test_solve_warns_when_a_target_skips_many_heads_or_overshoots_epsilon(folder, caplog):
     from sparse_vdit.nodes.solve_node import SparseVDiTSolvePlan
     from sparse_vdit.plans.describe import mode_counts
@@ -81,6 +88,7 @@ def test_solve_warns_when_a_target_skips_many_heads_or_overshoots_epsilon(folder
     counts = mode_counts(greedy)
     assert counts.get("skip", 0) > sum(counts.values()) / 4
     assert "more than a quarter" in report and "predicted above epsilon 1" in report
+    assert stats_epsilon(folder / "tiny_cal.stats.safetensors") == 1.0  # the calibration's, which the warning uses
     assert len([r for r in caplog.records if "Solve Plan" in r.message]) == 2
 
 
