@@ -10,7 +10,23 @@ no model weights needed.
 """
 from __future__ import annotations
 
+if __name__ == "__main__" and not __package__:  # `python demo.py` in a checkout (custom_nodes/<any folder name>)
+    import importlib.util
+    import os
+    import sys
+
+    _root = os.path.dirname(os.path.abspath(__file__))
+    sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != _root]  # its nodes/ would hide ComfyUI's nodes.py
+    _spec = importlib.util.spec_from_file_location("sparse_vdit", os.path.join(_root, "__init__.py"),
+                                                   submodule_search_locations=[_root])
+    sys.modules["sparse_vdit"] = _package = importlib.util.module_from_spec(_spec)
+    _spec.loader.exec_module(_package)
+    from sparse_vdit.demo import main as _main
+
+    sys.exit(_main())
+
 import argparse
+import os
 import time
 
 import torch
@@ -24,6 +40,8 @@ from .plans.cost import candidate_costs
 from .plans.format import ModelShape
 from .plans.search import solve_plan
 from .synthetic import planted_layer
+from . import demo_setup
+from .demo_setup import DemoError
 
 # The mode a head with each planted shape should get.
 EXPECTED_MODE = {"diagonal": "diagonal", "multi_diagonal": "multi_diagonal", "vertical_stripe": "vertical_stripe",
@@ -51,7 +69,8 @@ def normalised_error(out: torch.Tensor, dense: torch.Tensor) -> torch.Tensor:
     return (out.double() - dense.double()).pow(2).mean(dim=(0, 1, 3)).sqrt() / scale
 
 
-def run_demo(device: str = "auto", geometry: Geometry | None = None, repeats: int | None = None) -> dict:
+def run_demo(device: str = "auto", geometry: Geometry | None = None, repeats: int | None = None,
+             out: str | None = None) -> dict:
     dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else ("cpu" if device == "auto" else device))
     on_gpu = dev.type == "cuda"
     geometry = geometry or (Geometry(21, 30, 52) if on_gpu else Geometry(4, 30, 52))
@@ -59,7 +78,8 @@ def run_demo(device: str = "auto", geometry: Geometry | None = None, repeats: in
     dtype = torch.bfloat16 if on_gpu else torch.float32
     heads = len(DEMO_MODES)
     q, k, v = planted_layer(DEMO_MODES, geometry, head_dim=128, dtype=dtype, device=dev)
-    layer, search_s = search_layer(q, k, v, geometry, heads, dev, dtype)
+    plan, search_s = search_layer(q, k, v, geometry, heads, dev, dtype)
+    layer = plan.layers[0]
     compiled = compile_layer(layer, geometry, str(dev))
 
     dense, dense_ms = _timed(lambda: dense_attention(*(as_blhd(x, "flat", heads).transpose(1, 2) for x in (q, k, v))), dev, repeats)
@@ -84,7 +104,19 @@ def run_demo(device: str = "auto", geometry: Geometry | None = None, repeats: in
         print(f"{h:>4}  {planted:<16}{label + ('' if hit else ' (!)'):<36}{density:>8.3f}  {error:>15.2e}")
     print(f"layer density {compiled.density():.3f}; dense {dense_ms:.2f} ms, sparse {sparse_ms:.2f} ms "
           f"({dense_ms / sparse_ms:.2f}x) on the {backend}")
-    return {"rows": rows, "density": compiled.density(), "dense_ms": dense_ms, "sparse_ms": sparse_ms, "hits": hits}
+    result = {"rows": rows, "density": compiled.density(), "dense_ms": dense_ms, "sparse_ms": sparse_ms, "hits": hits}
+    if out:
+        result["image"] = save_plan_picture(plan, out)
+        print(f"image: {out} (the plan the search found: one layer, its heads coloured by mode)")
+    return result
+
+
+def save_plan_picture(plan, path: str) -> str:
+    from .plans.preview import render_plan
+
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    render_plan(plan).save(path)
+    return path
 
 
 def search_layer(q, k, v, geometry: Geometry, heads: int, device: torch.device, dtype):
@@ -97,17 +129,16 @@ def search_layer(q, k, v, geometry: Geometry, heads: int, device: torch.device, 
     calibrator.accepts(geometry)
     calibrator.record(0, 0, *(as_blhd(x, "flat", heads) for x in (q, k, v)))
     cost, source = candidate_costs(calibrator.candidates, geometry, heads, head_dim, device, dtype)
-    plan = solve_plan(calibrator.statistics(cost, source), lam=0.5, eps=1.0, name="demo")
-    return plan.layers[0], time.perf_counter() - start
+    plan = solve_plan(calibrator.statistics(cost, source), lam=0.5, eps=1.0, name="demo: planted shapes")
+    return plan, time.perf_counter() - start
 
 
 def load_yardstick_demo():
     """yardstick/yardstick_demo.py (a plain folder beside the package), or None."""
     import importlib.util
-    import os
 
     path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "yardstick", "yardstick_demo.py")
-    if not os.path.isfile(path):
+    if not os.path.isfile(path) or not os.path.isfile(os.path.join(os.path.dirname(path), "wan_tiny_yardstick.safetensors")):
         return None
     spec = importlib.util.spec_from_file_location("sparse_vdit_yardstick_demo", path)
     module = importlib.util.module_from_spec(spec)
@@ -115,25 +146,47 @@ def load_yardstick_demo():
     return module
 
 
-def main(argv=None) -> None:
+def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m sparse_vdit demo", description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="auto", help="auto (GPU if there is one), cpu or cuda")
     parser.add_argument("--planted", action="store_true",
                         help="the planted-shapes layer demo even where the trained yardstick could run")
-    parser.add_argument("--comfyui", default=None, help="a ComfyUI checkout for the yardstick demo (default $COMFYUI_PATH)")
-    parser.add_argument("--out", default=".", help="where the yardstick demo saves its image strip")
+    parser.add_argument("--comfyui", default=None,
+                        help="a ComfyUI checkout for the yardstick demo (default $COMFYUI_PATH, else the ComfyUI "
+                             "whose custom_nodes folder holds this pack)")
+    parser.add_argument("--out", default=None,
+                        help="the image file to write (default: output/ in the current folder; run from inside the "
+                             "pack, the output folder of its ComfyUI)")
     parser.add_argument("--grid", default=None, help="planted demo: frames,rows,cols (default: 21,30,52 on GPU, 4,30,52 on CPU)")
-    parser.add_argument("--repeats", type=int, default=None)
+    parser.add_argument("--repeats", type=int, default=None, help="planted demo: timed repeats (at least 1)")
     args = parser.parse_args(argv)
+    try:
+        device = demo_setup.check_device(args.device)
+        geometry = demo_setup.parse_grid(args.grid)
+        if args.repeats is not None and args.repeats < 1:
+            raise DemoError(f"--repeats {args.repeats}: at least 1")
+        comfyui = demo_setup.find_comfyui(args.comfyui)  # a path named but wrong is an error even with --planted
+        yardstick = load_yardstick_demo() if comfyui and not args.planted else None
+        if comfyui and yardstick:
+            missing = demo_setup.missing_packages()
+            if missing:
+                raise demo_setup.missing_packages_error(comfyui, missing)
+            out = demo_setup.out_path(args.out, "sparse_vdit_yardstick_demo.png")
+        else:
+            out = demo_setup.out_path(args.out, "sparse_vdit_planted_demo.png")
+    except DemoError as error:
+        parser.error(str(error))  # exits 2 with the usage line
+    if comfyui and yardstick:
+        # The trained yardstick model, dense against sparse from one seed. It
+        # needs ComfyUI's WanModel (never copied here).
+        try:
+            yardstick.run_yardstick_demo(comfyui, device, out)
+        except ModuleNotFoundError as error:  # a package the check above does not know of
+            parser.exit(2, f"{parser.prog}: error: {demo_setup.missing_packages_error(comfyui, [error.name])}\n")
+        return 0
     if not args.planted:
-        # Default: the trained yardstick model, dense against sparse from one
-        # seed. It needs ComfyUI's WanModel (never copied here), so without a
-        # checkout the planted-shapes demo runs instead.
-        yardstick = load_yardstick_demo()
-        ok, why = yardstick.available(args.comfyui) if yardstick else (False, "the yardstick folder is missing")
-        if ok:
-            yardstick.run_yardstick_demo(args.comfyui, args.device, args.out)
-            return
+        why = "the yardstick folder or its weights are missing" if comfyui else \
+            "no ComfyUI found (give --comfyui PATH, set COMFYUI_PATH, or run from ComfyUI/custom_nodes)"
         print(f"(trained yardstick demo unavailable: {why}; running the planted-shapes demo)")
-    geometry = Geometry(*(int(x) for x in args.grid.split(","))) if args.grid else None
-    run_demo(args.device, geometry, args.repeats)
+    run_demo(device, geometry, args.repeats, out)
+    return 0

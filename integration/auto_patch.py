@@ -105,7 +105,8 @@ class AutoPatch(SparsePatch):
         if calibrator is None:
             shape = ModelShape(self.model.family, self.model.layers, self.model.heads, self.model.head_dim)
             calibrator = Calibrator(shape, MENUS[self.search["menu"]], self.search["probe_steps"],
-                                    self.search["query_fraction"], self.warmup, info={"mode": "auto"},
+                                    self.search["query_fraction"], self.warmup,
+                                    info={"mode": "auto", "lambda": self.search["lam"], "epsilon": self.search["eps"]},
                                     check_interrupt=_interrupt_check())
             self.calibrators[info.geometry] = calibrator
             log.info("Sparse-vDiT auto: no plan yet for %s; this run stays dense and calibrates one.",

@@ -58,7 +58,7 @@ def calibrate(model_patcher, sample: Callable[[object], object], *, plan_name: s
     range_counts(step_ranges, len(steps_at) if steps_at else probe_steps, True)  # a bad count fails before sampling
     shape = ModelShape(info.family, info.layers, info.heads, info.head_dim)
     calibrator = Calibrator(shape, MENUS[menu], probe_steps, query_fraction, warmup,
-                            info={"menu": menu, **(settings or {})}, check_interrupt=check_interrupt,
+                            info={"menu": menu, "lambda": lam, "epsilon": eps, **(settings or {})}, check_interrupt=check_interrupt,
                             probe_at=steps_at, layers=layers)
     hook = CalibrationHook(info, calibrator)
     start = time.perf_counter()

@@ -16,7 +16,7 @@ from ..plans.step_ranges import CHOICES as STEP_RANGE_CHOICES
 from ..plans.validation import MAX_PROBES, check_plan_name
 from . import plan_files
 from .plan_files import register_plan_folder
-from .types import STEP_RANGES_TOOLTIP, PlanType
+from .types import PLAN_OUTPUT_TOOLTIP, STEP_RANGES_TOOLTIP, PlanType
 
 
 class SparseVDiTCalibrate(io.ComfyNode):
@@ -26,20 +26,26 @@ class SparseVDiTCalibrate(io.ComfyNode):
             node_id="SparseVDiTCalibrate",
             display_name="Sparse-vDiT Calibrate",
             category="model_patches/sparse_vdit",
-            description="Samples with dense attention (a normal video comes out) while scoring, per layer and head, "
-                        "every candidate pattern against dense at a few steps; writes the plan and its statistics "
-                        "to models/sparse_vdit_plans and outputs the model patched with it.",
+            description="Use it in place of the KSampler, once per model and resolution, to make a plan for your "
+                        "model with settings you choose (the Patch node's 'auto' does the same with defaults). It "
+                        "samples with dense attention (a normal video comes out, about 1.35x the time of a dense run) "
+                        "while scoring, per layer and head, every candidate pattern against dense at a few steps; "
+                        "writes the plan and its statistics to models/sparse_vdit_plans and outputs the model "
+                        "patched with it.",
             inputs=[
-                io.Model.Input("model"),
-                io.Conditioning.Input("positive"),
-                io.Conditioning.Input("negative"),
-                io.Latent.Input("latent_image"),
-                io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=True),
-                io.Int.Input("steps", default=20, min=1, max=10000),
-                io.Float.Input("cfg", default=6.0, min=0.0, max=100.0, step=0.1, round=0.01),
-                io.Combo.Input("sampler_name", options=comfy.samplers.KSampler.SAMPLERS),
-                io.Combo.Input("scheduler", options=comfy.samplers.KSampler.SCHEDULERS),
-                io.Float.Input("denoise", default=1.0, min=0.0, max=1.0, step=0.01),
+                io.Model.Input("model", tooltip="The video model to calibrate for (as the KSampler would get it)."),
+                io.Conditioning.Input("positive", tooltip="As in the KSampler: a typical prompt for your videos."),
+                io.Conditioning.Input("negative", tooltip="As in the KSampler."),
+                io.Latent.Input("latent_image", tooltip="As in the KSampler: calibrate at the resolution and length "
+                                                        "you will generate at (the plan is made for that grid)."),
+                io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=True,
+                             tooltip="As in the KSampler."),
+                io.Int.Input("steps", default=20, min=1, max=10000, tooltip="As in the KSampler."),
+                io.Float.Input("cfg", default=6.0, min=0.0, max=100.0, step=0.1, round=0.01,
+                               tooltip="As in the KSampler."),
+                io.Combo.Input("sampler_name", options=comfy.samplers.KSampler.SAMPLERS, tooltip="As in the KSampler."),
+                io.Combo.Input("scheduler", options=comfy.samplers.KSampler.SCHEDULERS, tooltip="As in the KSampler."),
+                io.Float.Input("denoise", default=1.0, min=0.0, max=1.0, step=0.01, tooltip="As in the KSampler."),
                 io.Float.Input("lambda_cost", default=0.5, min=0.0, max=10.0, step=0.05,
                                tooltip="Weight of a pattern's cost against its error: higher favours cheaper patterns."),
                 io.Float.Input("epsilon", default=1.0, min=0.0, max=100.0, step=0.1,
@@ -48,8 +54,12 @@ class SparseVDiTCalibrate(io.ComfyNode):
                 io.Int.Input("probe_steps", default=3, min=1, max=50, tooltip="How many steps (after the warm-up) are scored."),
                 io.Float.Input("query_fraction", default=0.1, min=0.01, max=1.0, step=0.01,
                                tooltip="Share of query blocks scored per call."),
-                io.String.Input("plan_name", default="my_calibrated_plan"),
-                io.Combo.Input("candidate_menu", options=list(MENUS), default="standard", optional=True),
+                io.String.Input("plan_name", default="my_calibrated_plan",
+                                tooltip="File name of the plan (and of its .stats.safetensors) in "
+                                        "models/sparse_vdit_plans; a plan of that name is replaced."),
+                io.Combo.Input("candidate_menu", options=list(MENUS), default="standard", optional=True,
+                               tooltip="The patterns scored per head. standard: skip, diagonals, multi-diagonals, "
+                                       "vertical stripes; wide adds more (longer calibration)."),
                 io.Float.Input("dense_warmup", default=0.2, min=0.0, max=0.95, step=0.05, optional=True,
                                tooltip="Fraction of steps the plan keeps dense; probes start after it."),
                 io.Combo.Input("step_ranges", options=list(STEP_RANGE_CHOICES), default="auto", optional=True,
@@ -64,8 +74,10 @@ class SparseVDiTCalibrate(io.ComfyNode):
                                tooltip="The precision the plan will run at: the cost of each pattern is measured "
                                        "at it, and the MODEL output is patched with it."),
             ],
-            outputs=[io.Model.Output(display_name="MODEL"), PlanType.Output(display_name="PLAN"),
-                     io.Latent.Output(display_name="LATENT")],
+            outputs=[io.Model.Output(display_name="MODEL", tooltip="The model patched with the new plan."),
+                     PlanType.Output(display_name="PLAN", tooltip=PLAN_OUTPUT_TOOLTIP),
+                     io.Latent.Output(display_name="LATENT", tooltip="The dense result of the calibration run: "
+                                                                     "decode it as usual.")],
         )
 
     @classmethod

@@ -4,6 +4,7 @@ from __future__ import annotations
 from comfy_api.latest import ComfyExtension, io
 
 from .calibrate_node import SparseVDiTCalibrate
+from .load_plan_node import SparseVDiTLoadPlan
 from .patch_node import SparseVDiTPatch
 from .preview_node import SparseVDiTPlanPreview
 from .raylight_node import SparseVDiTRaylight
@@ -14,4 +15,5 @@ from .plan_files import register_plan_folder
 class SparseVDiTExtension(ComfyExtension):
     async def get_node_list(self) -> list[type[io.ComfyNode]]:
         register_plan_folder()
-        return [SparseVDiTPatch, SparseVDiTCalibrate, SparseVDiTSolvePlan, SparseVDiTPlanPreview, SparseVDiTRaylight]
+        return [SparseVDiTPatch, SparseVDiTLoadPlan, SparseVDiTPlanPreview, SparseVDiTCalibrate, SparseVDiTSolvePlan,
+                SparseVDiTRaylight]

@@ -20,10 +20,13 @@ class SparseVDiTPatch(io.ComfyNode):
             node_id="SparseVDiTPatch",
             display_name="Sparse-vDiT Patch",
             category="model_patches/sparse_vdit",
-            description="Replaces the video self-attention of a Wan model with per-layer, per-head sparse patterns "
-                        "from a plan. Put it on the MODEL link just before the sampler.",
+            description="Use it on every generation you want faster: it replaces the video self-attention of the "
+                        "model (Wan, HunyuanVideo, ...) with per-layer, per-head sparse patterns from a plan. Put it "
+                        "on the MODEL link just before the sampler. Plan 'auto' suits most users: the first run of a "
+                        "model and resolution stays dense and calibrates a plan for it; later runs use that plan.",
             inputs=[
-                io.Model.Input("model"),
+                io.Model.Input("model", tooltip="The video model to speed up (after its LoRA and model-sampling "
+                                                "nodes); it is cloned, never changed."),
                 io.Combo.Input("plan", options=[AUTO] + plan_names(),
                                tooltip="A plan file from models/sparse_vdit_plans or the plans shipped with the pack. "
                                        "auto: the first run with a new model or resolution stays dense and calibrates "
@@ -33,6 +36,8 @@ class SparseVDiTPatch(io.ComfyNode):
                 io.Boolean.Input("enabled", default=True, tooltip="Off passes the model through unchanged."),
                 io.Combo.Input("backend", options=list(BACKENDS), default="auto", optional=True,
                                tooltip="auto: the Triton kernel on GPUs, dense where it cannot serve a call. "
+                                       "triton: the kernel only; a call it cannot serve, or a kernel error, runs "
+                                       "dense with a warning in the log (for checking that the kernel runs). "
                                        "reference: the exact torch path everywhere (slow; for checking)."),
                 io.Combo.Input("precision", options=list(PRECISIONS), default="bf16", optional=True,
                                tooltip="bf16: the exact path (default). 8-bit: INT8 QK + FP8 PV (SageAttention2's recipe; faster per block on GPUs with FP8 tensor cores, about 0.04 relative L1 error). auto: 8-bit on sm_89+ GPUs for layers with long enough rows."),

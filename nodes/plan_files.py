@@ -7,6 +7,7 @@ hidden files and write temporaries, and a node that loads a bad file says
 which file to fix or delete."""
 from __future__ import annotations
 
+import logging
 import os
 
 import folder_paths
@@ -22,6 +23,7 @@ STATS_FOLDER = "sparse_vdit_statistics"
 EXTENSIONS = {FOLDER: {".json"}, STATS_FOLDER: {".safetensors"}}
 SHIPPED_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "plans")
 FIX_HINT = "fix or delete that file"
+log = logging.getLogger("sparse_vdit")
 
 
 def _naming(error: PlanError, path: str) -> PlanError:
@@ -48,8 +50,12 @@ def register_plan_folder() -> None:
                 paths.append(path)
         folder_paths.folder_names_and_paths[name] = (paths, set(extensions))
     folder = user_plans_dir()
-    if folder not in _cleaned:  # once per start: what a killed write left behind
+    if folder not in _cleaned:  # once per start: the folder a user drops plans into, and what a killed write left
         _cleaned.add(folder)
+        try:
+            os.makedirs(folder, exist_ok=True)
+        except OSError as error:  # a read-only models folder: listing still works, calibration says why on write
+            log.warning("Sparse-vDiT: cannot create the plans folder %s: %s", folder, error)
         remove_stale_temporaries(folder)
 
 
@@ -93,6 +99,28 @@ def plans_fitting(layers: int, heads: int, head_dim: int) -> list[str]:
         if (model.layers, model.heads, model.head_dim) == (layers, heads, head_dim):
             fitting.append(name)
     return fitting
+
+
+def statistics_present(plan: Plan) -> bool | None:
+    """Whether the statistics file a plan names is in the folders (None: it names none)."""
+    name = plan.provenance.get("statistics")
+    if not isinstance(name, str) or not name:
+        return None
+    register_plan_folder()
+    return not is_temporary(name) and folder_paths.get_full_path(STATS_FOLDER, name) is not None
+
+
+def unused_plan_name(name: str) -> str:
+    """`name`, or `name_2`, `name_3`, ... : the first that no plan in the
+    folders and no file in the user's folder has (a new solve never
+    overwrites a plan)."""
+    taken = {n.lower() for n in plan_names()}
+    folder = user_plans_dir()
+    candidate, number = name, 1
+    while (candidate + ".json").lower() in taken or os.path.exists(os.path.join(folder, candidate + ".json")):
+        number += 1
+        candidate = _check_name(f"{name}_{number}")
+    return candidate
 
 
 def load_named_statistics(name: str) -> Statistics:

@@ -22,10 +22,12 @@ class SparseVDiTPlanPreview(io.ComfyNode):
             node_id="SparseVDiTPlanPreview",
             display_name="Sparse-vDiT Plan Preview",
             category="model_patches/sparse_vdit",
-            description="Draws the plan: layers x heads coloured by mode, density and block speedup per layer, "
-                        "and attention maps of a few heads of each mode when calibration statistics are found.",
-            inputs=[PlanType.Input("plan")],
-            outputs=[io.Image.Output(display_name="IMAGE")],
+            description="Use it to see what a plan does before (or without) running a model: draws the plan, "
+                        "layers x heads coloured by mode, density and block speedup per layer, and attention maps "
+                        "of a few heads of each mode when calibration statistics are found. Needs no model.",
+            inputs=[PlanType.Input("plan", tooltip="A plan from Load Plan, Calibrate or Solve Plan.")],
+            outputs=[io.Image.Output(display_name="IMAGE", tooltip="The picture of the plan: connect a Preview "
+                                                                   "Image or Save Image node.")],
         )
 
     @classmethod

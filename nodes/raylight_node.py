@@ -46,12 +46,14 @@ class SparseVDiTRaylight(io.ComfyNode):
             node_id="SparseVDiTRaylight",
             display_name="Sparse-vDiT → Raylight",
             category="model_patches/sparse_vdit",
-            description="Puts a Sparse-vDiT plan on every Raylight worker (RAY_ACTORS in, RAY_ACTORS out). Put it "
+            description="Use it instead of the Patch node when the model runs across GPUs on Raylight workers: "
+                        "puts a Sparse-vDiT plan on every Raylight worker (RAY_ACTORS in, RAY_ACTORS out). Put it "
                         "after the Ray UNet loader and its LoRA / model-sampling nodes, before the sampler. Under "
                         "Raylight's Ulysses each GPU runs its own heads' patterns; under CFG-parallel, data-parallel "
                         "and FSDP each GPU runs the plan as on one GPU.",
             inputs=[
-                RayActors.Input("ray_actors"),
+                RayActors.Input("ray_actors", tooltip="The Raylight workers, from the Ray UNet loader (after its "
+                                                      "LoRA and model-sampling nodes)."),
                 io.Combo.Input("plan", options=[AUTO] + plan_names(),
                                tooltip="As in the Sparse-vDiT Patch node. auto serves saved auto plans; under "
                                        "Ulysses it cannot calibrate a new one (that run stays dense)."),
@@ -64,9 +66,12 @@ class SparseVDiTRaylight(io.ComfyNode):
                                        "and the model's error; on wherever the head costs say it is better; off "
                                        "never."),
                 io.Boolean.Input("enabled", default=True, tooltip="Off passes the workers through unchanged."),
-                io.Combo.Input("backend", options=list(BACKENDS), default="auto", optional=True),
+                io.Combo.Input("backend", options=list(BACKENDS), default="auto", optional=True,
+                               tooltip="As in the Sparse-vDiT Patch node: auto runs the Triton kernel on GPUs, "
+                                       "dense where it cannot serve a call; reference is the exact torch path."),
             ],
-            outputs=[RayActors.Output(display_name="ray_actors")],
+            outputs=[RayActors.Output(display_name="ray_actors", tooltip="The same workers, each with the plan on "
+                                                                         "its model.")],
         )
 
     @classmethod

@@ -21,10 +21,15 @@ def _temporary_beside(path: str) -> str:
     os.makedirs(folder, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f"{TMP_PREFIX}{os.path.basename(path)[:80]}-", suffix=TMP_SUFFIX, dir=folder)
     os.close(fd)
+    _normal_mode(tmp)  # mkstemp makes 0600
+    return tmp
+
+
+def _normal_mode(path: str) -> None:
+    """The mode a plain new file gets (0666 less the umask, 0644 usually)."""
     umask = os.umask(0)
     os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the file normal permissions
-    return tmp
+    os.chmod(path, 0o666 & ~umask)
 
 
 def _remove(path: str) -> None:
@@ -51,6 +56,7 @@ def atomic_write_pair(writes: list[tuple[str, Callable[[str], None]]]) -> None:
         for path, write in writes:
             temps.append(_temporary_beside(path))
             write(temps[-1])
+            _normal_mode(temps[-1])  # again: a writer may replace the file (safetensors' save_file makes it 0600)
         _rename_all([path for path, _ in writes], temps)
     finally:
         for tmp in temps:

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from PIL import Image, ImageDraw, ImageFont
 
 from ..patterns import Geometry, LayerPattern, Pattern, compile_layer
+from .describe import mode_counts
 from .format import Plan
 from .statistics import Statistics
 
@@ -63,6 +64,11 @@ def _range_title(plan: Plan, index: int) -> str:
     return f"steps {100 * ranges[index].start:.0f}% - {end}"
 
 
+def speedup_text(density: float) -> str:
+    """'4.2x', or 'skip' where nothing is computed (a layer whose heads are all skipped)."""
+    return f"{1 / density:.1f}x" if density > 0 else "skip"
+
+
 @dataclass(frozen=True)
 class GridLayout:
     """Where the cells are: head h of layer l in panel (step range) r has its
@@ -76,10 +82,83 @@ class GridLayout:
         return self.left + r * self.panel_w + h * self.cell, self.top + l * self.cell
 
 
-def grid_layout(plan: Plan) -> GridLayout:
+@dataclass(frozen=True)
+class Header:
+    """The text above the grid, wrapped to the picture's width: lines, then
+    legend rows of (mode, label, x)."""
+    lines: list[str]
+    legend: list[list[tuple[str, str, int]]]
+
+    @property
+    def height(self) -> int:
+        return 6 + LINE_H * len(self.lines) + LINE_H * len(self.legend) + 10
+
+
+LINE_H = 14  # px per line of the default font
+LABEL_W = 96  # px for a layer's "d 0.05  20.0x" beside its bar (57 px in Pillow's default font)
+
+
+def _panel_width(plan: Plan) -> tuple[int, int]:
     ranges, heads, layers = len(plan.step_ranges), plan.model.heads, plan.model.layers
     cell = max(6, min(24, 720 // max(heads * ranges, 1), 900 // max(layers, 1)))
-    return GridLayout(cell, 44, 78 if ranges > 1 else 64, heads * cell + 12 + 130)
+    return cell, heads * cell + 12 + 64 + LABEL_W
+
+
+def wrap(text: str, width: int, measure) -> list[str]:
+    """Words onto lines no wider than `width`; a word longer than a line is cut."""
+    lines: list[str] = []
+    for word in text.split(" "):
+        if lines and measure(lines[-1] + " " + word) <= width:
+            lines[-1] += " " + word
+            continue
+        while len(word) > 1 and measure(word) > width:  # a long name without spaces
+            cut = 1
+            while cut < len(word) and measure(word[:cut + 1]) <= width:
+                cut += 1
+            lines.append(word[:cut])
+            word = word[cut:]
+        lines.append(word)
+    return lines
+
+
+def plan_header(plan: Plan, mean_density: float | None = None) -> Header:
+    """The title, the summary and the legend, wrapped to the grid's width."""
+    font = ImageFont.load_default()
+    measure = ImageDraw.Draw(Image.new("RGB", (1, 1))).textlength
+    own = plan_geometry(plan)
+    geometry = drawn_geometry(own)
+    if mean_density is None and len(plan.step_ranges) == 1:
+        mean_density = sum(layer_densities(plan.layers, geometry, {})) / plan.model.layers
+    kind = plan.provenance.get("kind", "?")
+    if len(plan.step_ranges) > 1:
+        summary = f"{kind}; at {geometry.describe()}; {plan.describe_step_ranges()}; the legend counts heads over all ranges"
+    else:
+        summary = (f"{kind}; at {geometry.describe()}: mean density {mean_density:.3f}, block speedup "
+                   f"{speedup_text(mean_density)}")
+    if geometry != own:
+        summary += f" (the plan's {own.describe()} is too large to draw: fewer frames)"
+    _, panel_w = _panel_width(plan)
+    width = max(44 + len(plan.step_ranges) * panel_w, 560) - 16
+    lines = [line for text in (f"{plan.name}  |  {plan.model.describe()}", summary)
+             for line in wrap(text, width, lambda t: measure(t, font=font))]
+    counts = mode_counts(plan)
+    legend: list[list[tuple[str, str, int]]] = [[]]
+    x = 8
+    for mode in COLOURS:
+        label = f"{mode} {counts.get(mode, 0)}"
+        item_w = 24 + int(measure(label, font=font))
+        if legend[-1] and x + item_w > width + 8:
+            legend.append([])
+            x = 8
+        legend[-1].append((mode, label, x))
+        x += item_w
+    return Header(lines, legend)
+
+
+def grid_layout(plan: Plan, header: Header | None = None) -> GridLayout:
+    header = header or plan_header(plan)
+    cell, panel_w = _panel_width(plan)
+    return GridLayout(cell, 44, header.height + (14 if len(plan.step_ranges) > 1 else 0), panel_w)
 
 
 def thumbnail_picks(plan: Plan, stats: Statistics | None, per_mode: int) -> list[tuple[str, list[tuple[int, int]]]]:
@@ -102,14 +181,14 @@ def thumbnail_picks(plan: Plan, stats: Statistics | None, per_mode: int) -> list
 def render_plan(plan: Plan, stats: Statistics | None = None, thumbs_per_mode: int = 3) -> Image.Image:
     """One panel per step range (most plans have one), side by side."""
     font = ImageFont.load_default()
-    own = plan_geometry(plan)
-    geometry = drawn_geometry(own)
+    geometry = drawn_geometry(plan_geometry(plan))
     layers, heads, ranges = plan.model.layers, plan.model.heads, plan.step_ranges
-    layout = grid_layout(plan)
-    cell, left, top, panel_w = layout.cell, layout.left, layout.top, layout.panel_w
-    grid_w, grid_h = heads * cell, layers * cell
     cache: dict[Pattern, float] = {}
     densities = [layer_densities(r.layers, geometry, cache) for r in ranges]
+    header = plan_header(plan, sum(densities[0]) / len(densities[0]))
+    layout = grid_layout(plan, header)
+    cell, left, top, panel_w = layout.cell, layout.left, layout.top, layout.panel_w
+    grid_w, grid_h = heads * cell, layers * cell
 
     thumb_rows = thumbnail_picks(plan, stats, thumbs_per_mode)
     thumb_scale = 2
@@ -121,32 +200,21 @@ def render_plan(plan: Plan, stats: Statistics | None = None, thumbs_per_mode: in
     image = Image.new("RGB", (width, height), BACKGROUND)
     draw = ImageDraw.Draw(image)
 
-    counts: dict[str, int] = {}
-    for r in ranges:
-        for mode, n in plan.density_summary(r.layers).items():
-            counts[mode] = counts.get(mode, 0) + n
-    mean_density = sum(densities[0]) / len(densities[0])
-    draw.text((8, 6), f"{plan.name}  |  {plan.model.describe()}", fill=INK, font=font)
-    summary = (f"{plan.provenance.get('kind', '?')}; at {geometry.describe()}: mean density {mean_density:.3f}, "
-               f"block speedup {1 / max(mean_density, 1e-9):.2f}x")
-    if len(ranges) > 1:
-        summary = (f"{plan.provenance.get('kind', '?')}; at {geometry.describe()}; {plan.describe_step_ranges()}; "
-                   "the legend counts heads over all ranges")
-    if geometry != own:
-        summary += f" (the plan's {own.describe()} is too large to draw: fewer frames)"
-    draw.text((8, 20), summary, fill=INK, font=font)
-    x = 8
-    for mode, colour in COLOURS.items():
-        draw.rectangle([x, 38, x + 10, 48], fill=colour, outline=INK)
-        label = f"{mode} {counts.get(mode, 0)}"
-        draw.text((x + 14, 37), label, fill=INK, font=font)
-        x += 24 + int(draw.textlength(label, font=font))
+    y = 6
+    for line in header.lines:
+        draw.text((8, y), line, fill=INK, font=font)
+        y += LINE_H
+    for row in header.legend:
+        for mode, label, x in row:
+            draw.rectangle([x, y + 2, x + 10, y + 12], fill=COLOURS[mode], outline=INK)
+            draw.text((x + 14, y + 1), label, fill=INK, font=font)
+        y += LINE_H
 
     for r, step_range in enumerate(ranges):
         x_panel = left + r * panel_w
         if len(ranges) > 1:
             mean = sum(densities[r]) / len(densities[r])
-            draw.text((x_panel, top - 16), f"{_range_title(plan, r)}: density {mean:.2f}, {1 / max(mean, 1e-9):.1f}x",
+            draw.text((x_panel, top - 16), f"{_range_title(plan, r)}: density {mean:.2f}, {speedup_text(mean)}",
                       fill=INK, font=font)
         for l, layer in enumerate(step_range.layers):
             y = top + l * cell
@@ -159,7 +227,7 @@ def render_plan(plan: Plan, stats: Statistics | None = None, thumbs_per_mode: in
             density = densities[r][l]
             draw.rectangle([bar_x, y + 1, bar_x + int(60 * density), y + cell - 3], fill=(120, 120, 200))
             if cell >= 10 or l % 5 == 0:
-                draw.text((bar_x + 64, y + max(0, cell // 2 - 6)), f"d {density:.2f}  {1 / max(density, 1e-9):.1f}x",
+                draw.text((bar_x + 64, y + max(0, cell // 2 - 6)), f"d {density:.2f}  {speedup_text(density)}",
                           fill=INK, font=font)
     draw.text((left, top + grid_h + 6), "heads ->", fill=INK, font=font)
     y = top + grid_h + 30

@@ -17,8 +17,16 @@ pins, and drives headless Chromium over the DevTools protocol:
   Queue sends) equals the one tests/workflow_tools.py builds, which
   tests/test_workflows.py has the same version's backend validate: together
   the workflow is valid in that version's frontend and backend;
+- the template "Look at a plan (no model needed)" is queued from the
+  frontend (``app.queuePrompt``): the shipped Wan2.1 1.3B plan is loaded,
+  previewed, and the picture read back from the server (/api/history,
+  /api/view) has the size the pack's renderer gives that plan; the
+  description reaches Preview Any;
+- each template's picture (``workflows/<name>.jpg``, what the template
+  browser shows) is served by the template route;
 - a screenshot of the Wan2.1 T2V 1.3B workflow is taken (and written to
-  docs/wan21_t2v_workflow.png when ``SPARSE_VDIT_UPDATE_SCREENSHOT=1``).
+  docs/wan21_t2v_workflow.png when ``SPARSE_VDIT_UPDATE_SCREENSHOT=1``, as
+  is each template's picture, from the real UI).
 
 Skipped with the reason (a failure in CI, where SPARSE_VDIT_REQUIRE_COMFYUI=1) when
 Chromium, aiohttp or the frontend package is
@@ -47,6 +55,7 @@ import sys
 import tempfile
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 import zlib
 
@@ -61,7 +70,12 @@ TESTS_DIR = os.path.dirname(os.path.abspath(__file__))
 PACK = wt.PACK_ROOT
 PACK_FOLDER = "ComfyUI-Sparse-vDiT"
 SCREENSHOT = os.path.join(PACK, "docs", "wan21_t2v_workflow.png")
-SCREENSHOT_WORKFLOW = "wan2.1_t2v_1.3b_sparse.json"
+SCREENSHOT_WORKFLOW = "Wan2.1 T2V 1.3B with sparse attention.json"
+LOOK_WORKFLOW = "Look at a plan (no model needed).json"
+LOOK_PLAN = "wan2.1-1.3b_static-baseline.json"
+QUEUE_TIMEOUT = 180  # s: the preview renders on the CPU in a few seconds
+THUMBNAIL = (640, 360)  # px of a template picture (the template browser shows a 16:9 card)
+UPDATE = os.environ.get("SPARSE_VDIT_UPDATE_SCREENSHOT") == "1"
 FRONTEND_CACHE = os.path.join(os.path.expanduser("~"), ".cache", "sparse-vdit", "comfyui-frontend-package")
 
 SERVER_START_TIMEOUT = 240  # s: imports torch and every comfy_extras module on 2 cores
@@ -450,8 +464,12 @@ def test_server_lists_the_pack_nodes_and_serves_its_workflows_as_templates(comfy
     assert info["SparseVDiTPatch"]["display_name"] == "Sparse-vDiT Patch"
     templates = comfy_server.get_json("/api/workflow_templates")
     assert sorted(templates.get(PACK_FOLDER, [])) == sorted(os.path.splitext(n)[0] for n in WORKFLOWS)
-    served = comfy_server.get_json(f"/api/workflow_templates/{PACK_FOLDER}/{SCREENSHOT_WORKFLOW}")
+    served = comfy_server.get_json(f"/api/workflow_templates/{PACK_FOLDER}/{urllib.parse.quote(SCREENSHOT_WORKFLOW)}")
     assert served == wt.load_workflow(os.path.join(wt.WORKFLOWS_DIR, SCREENSHOT_WORKFLOW))
+    for name in WORKFLOWS:  # the picture the template browser asks for: <name>.jpg beside the workflow
+        picture = _http_get(f"{comfy_server.url}/api/workflow_templates/{PACK_FOLDER}/"
+                            f"{urllib.parse.quote(os.path.splitext(name)[0] + '.jpg')}")
+        assert picture[:3] == b"\xff\xd8\xff", f"{name}: no JPEG picture served"
 
 
 #: where the frontends show what went wrong on loading (dialogs, toasts)
@@ -513,13 +531,23 @@ def test_workflow_opens_in_the_browser_with_no_missing_nodes(name, comfy_server,
     missing_dialogs = [d for d in got["dialogs"] if "missing" in d.lower()]
     assert missing_dialogs == [], f"missing-nodes dialog or notice shown: {missing_dialogs}"
     # the frontend queues the prompt that tests/test_workflows.py has this version's backend validate
-    assert _class_and_inputs(got["prompt"]) == _class_and_inputs(_converted_prompt(wf, comfy_server))
+    info = comfy_server.get_json("/api/object_info")
+    assert _class_and_inputs(got["prompt"], info) == _class_and_inputs(_converted_prompt(wf, comfy_server), info)
+    png = _fit_and_capture(page)
     if name == SCREENSHOT_WORKFLOW:
-        _take_screenshot(page)
+        _keep_screenshot(png)
+    if name != LOOK_WORKFLOW:  # that one's picture is taken with its result shown (test below)
+        _keep_template_picture(png, name)
 
 
-def _class_and_inputs(prompt: dict) -> dict:
-    return {node_id: (node["class_type"], node["inputs"]) for node_id, node in prompt.items()}
+def _class_and_inputs(prompt: dict, info: dict) -> dict:
+    """Per node its class and the inputs its backend declares: frontends 1.27 / 1.35 also send the values of
+    widgets they add themselves (Preview Any's 'preview', 'previewMode'), which the backend ignores."""
+    def declared(class_type):
+        spec = info[class_type]["input"]
+        return {*spec.get("required", {}), *spec.get("optional", {})}
+    return {node_id: (node["class_type"], {k: v for k, v in node["inputs"].items() if k in declared(node["class_type"])})
+            for node_id, node in prompt.items()}
 
 
 def _converted_prompt(wf: dict, server) -> dict:
@@ -553,7 +581,8 @@ def _png_size_and_colours(png: bytes) -> tuple[int, int, int]:
     return width, height, len(colours)
 
 
-def _take_screenshot(page):
+def _fit_and_capture(page) -> bytes:
+    """A screenshot of the whole loaded workflow, fitted in the window."""
     # fit the whole workflow in view, then let the canvas draw
     page.evaluate("""(async () => {
       const c = window.app.canvas;
@@ -584,14 +613,78 @@ def _take_screenshot(page):
     width, height, colours = _png_size_and_colours(png)
     assert (width, height) == WINDOW
     assert colours > 20, "the screenshot looks blank"
+    return png
+
+
+def _keep_screenshot(png: bytes) -> None:
+    """The README's picture: in $SPARSE_VDIT_SCREENSHOT_DIR (or the temp folder), and in docs/ when updating."""
     out_dir = os.environ.get("SPARSE_VDIT_SCREENSHOT_DIR") or tempfile.gettempdir()
     os.makedirs(out_dir, exist_ok=True)
     with open(os.path.join(out_dir, "sparse_vdit_wan21_t2v_workflow.png"), "wb") as f:
         f.write(png)
-    if os.environ.get("SPARSE_VDIT_UPDATE_SCREENSHOT") == "1":
+    if UPDATE:
         os.makedirs(os.path.dirname(SCREENSHOT), exist_ok=True)
         with open(SCREENSHOT, "wb") as f:
             f.write(png)
+
+
+def _keep_template_picture(png: bytes, name: str) -> None:
+    """workflows/<name>.jpg, what ComfyUI's template browser shows for a pack's template (when updating)."""
+    if not UPDATE:
+        return
+    import io
+
+    from PIL import Image
+
+    image = Image.open(io.BytesIO(png)).convert("RGB")
+    image = image.crop((70, 100, image.width, image.height))  # the side bar and the menu bars are not the workflow
+    image.thumbnail((THUMBNAIL[0] * 2, THUMBNAIL[1] * 2))
+    card = Image.new("RGB", (image.width, round(image.width * THUMBNAIL[1] / THUMBNAIL[0])), image.getpixel((0, 0)))
+    card.paste(image, (0, (card.height - image.height) // 2))
+    card.resize(THUMBNAIL, Image.LANCZOS).save(os.path.join(wt.WORKFLOWS_DIR, os.path.splitext(name)[0] + ".jpg"),
+                                               quality=85)
+
+
+QUEUE_JS = """
+(async () => {
+  const before = Object.keys(await (await fetch('/api/history')).json());
+  await window.app.queuePrompt(0, 1);
+  return before;
+})()
+"""
+
+
+def test_look_at_a_plan_runs_with_no_model_and_shows_the_plan(comfy_server, page):
+    """Load the template, queue it from the frontend (as the Queue button does), read the picture back."""
+    from sparse_vdit.plans.format import load_plan
+    from sparse_vdit.plans.preview import render_plan
+
+    _close_dialogs(page)
+    got = page.evaluate(LOAD_JS % {"name": json.dumps(LOOK_WORKFLOW), "pack": PACK_FOLDER, "mutate": ""}, timeout=120)
+    assert got["unregistered"] == [] and got["broken"] == [], got
+    before = set(page.evaluate(QUEUE_JS, timeout=60))
+    deadline, entry = time.monotonic() + QUEUE_TIMEOUT, None
+    while time.monotonic() < deadline and entry is None:
+        history = comfy_server.get_json("/api/history")
+        done = [v for k, v in history.items() if k not in before and v.get("status", {}).get("completed")]
+        failed = [v.get("status") for k, v in history.items() if k not in before
+                  and v.get("status", {}).get("status_str") == "error"]
+        assert not failed, f"the prompt failed: {json.dumps(failed)[:2000]}\n{_tail(comfy_server.log)}"
+        entry = done[0] if done else None
+        time.sleep(1.0)
+    assert entry is not None, f"the prompt did not finish in {QUEUE_TIMEOUT} s:\n{_tail(comfy_server.log)}"
+    outputs = entry["outputs"]
+    images = [image for out in outputs.values() for image in out.get("images", [])]
+    assert len(images) == 1, outputs
+    query = urllib.parse.urlencode({k: images[0][k] for k in ("filename", "subfolder", "type")})
+    png = _http_get(f"{comfy_server.url}/api/view?{query}", timeout=30)
+    width, height, colours = _png_size_and_colours(png)
+    expected = render_plan(load_plan(os.path.join(PACK, "plans", LOOK_PLAN)))
+    assert (width, height) == expected.size and colours > 5
+    texts = [t for out in outputs.values() for t in out.get("text", [])]
+    assert any("static baseline" in t and "30 layers x 12 heads" in t for t in texts), texts
+    time.sleep(2.0)  # the frontend shows the result in the Preview Image node
+    _keep_template_picture(_fit_and_capture(page), LOOK_WORKFLOW)
 
 
 def test_an_unknown_node_type_is_caught(comfy_server, page):

@@ -290,6 +290,20 @@ def test_plan_and_statistics_are_written_as_a_pair(tmp_path, monkeypatch):
     assert stats_path.read_bytes() == before and sorted(os.listdir(tmp_path)) == ["p.json", "p.stats.safetensors"]
 
 
+@pytest.mark.skipif(os.name == "nt", reason="POSIX file modes")
+@pytest.mark.parametrize("umask", [0o022, 0o077])
+def test_written_files_get_the_mode_of_a_plain_new_file(tmp_path, umask):
+    """0644 under the usual umask (safetensors' save_file makes its file 0600)."""
+    old = os.umask(umask)
+    try:
+        save_plan_with_statistics(loads_plan(json.dumps(plan_dict()), "p"), str(tmp_path / "p.json"),
+                                  small_statistics(), str(tmp_path / "p.stats.safetensors"))
+    finally:
+        os.umask(old)
+    modes = {name: os.stat(tmp_path / name).st_mode & 0o777 for name in os.listdir(tmp_path)}
+    assert modes == {"p.json": 0o666 & ~umask, "p.stats.safetensors": 0o666 & ~umask}
+
+
 def test_failed_statistics_write_leaves_nothing(tmp_path, monkeypatch):
     from safetensors import torch as st_torch
 

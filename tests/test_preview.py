@@ -51,3 +51,38 @@ def test_attention_maps_only_from_scored_layers():
     stats.info["probed_layers"] = "all"
     assert dict(thumbnail_picks(PLAN, stats, 3))["full"] == [(0, 1), (1, 2)]
     assert render_plan(PLAN, stats).height > render_plan(PLAN).height  # the maps are drawn
+
+
+def test_a_long_header_wraps_inside_the_picture_and_the_grid_moves_down():
+    from PIL import Image, ImageDraw, ImageFont
+
+    from sparse_vdit.plans.preview import plan_header
+
+    long = replace(PLAN, name="a plan with a very long name " * 8, later_ranges=(StepRange(0.4, LATER), StepRange(0.7, FIRST)))
+    image = render_plan(long)
+    header = plan_header(long)
+    measure = ImageDraw.Draw(Image.new("RGB", (1, 1))).textlength
+    font = ImageFont.load_default()
+    assert len(header.lines) > 2
+    assert all(8 + measure(line, font=font) <= image.width for line in header.lines)
+    assert all(x + 14 + measure(label, font=font) <= image.width for row in header.legend for _, label, x in row)
+    assert grid_layout(long).top > grid_layout(PLAN).top
+    assert cell_colours(image, long) == expected_colours(FIRST, LATER, FIRST)
+
+
+
+def test_a_name_without_spaces_is_cut_to_the_width():
+    from sparse_vdit.plans.preview import wrap
+
+    lines = wrap("short " + "x" * 50 + " end", 20, len)
+    assert lines == ["short", "x" * 20, "x" * 20, "x" * 10 + " end"]
+    assert all(len(line) <= 20 for line in wrap("y" * 95, 20, len))
+
+
+def test_a_layer_with_every_head_skipped_reads_skip():
+    from sparse_vdit.plans.preview import speedup_text
+
+    assert speedup_text(0.0) == "skip" and speedup_text(0.25) == "4.0x"
+    skipped = replace(PLAN, layers=(LayerPattern((Skip(),) * 3), FIRST[1]))
+    image = render_plan(skipped)  # drawn, the skipped layer's label "d 0.00  skip" inside its panel
+    assert cell_colours(image, skipped)[0][0] == [COLOURS["skip"]] * 3

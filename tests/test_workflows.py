@@ -49,33 +49,35 @@ WAN_T2V_FILES = {
 #: file -> what it must hold: model files per models/ folder, Patch plans,
 #: and the sampler node types fed by the Patch nodes.
 EXPECTED = {
-    "wan2.1_t2v_1.3b_sparse.json": dict(
+    "Wan2.1 T2V 1.3B with sparse attention.json": dict(
         models={"diffusion_models": ["wan2.1_t2v_1.3B_fp16.safetensors"], **WAN_T2V_FILES},
-        plans=["wan2.1-1.3b_static-baseline.json"], samplers={"KSampler": 1}),
-    "wan2.1_t2v_14b_sparse.json": dict(
+        plans=["auto"], samplers={"KSampler": 1}),
+    "Wan2.1 T2V 14B with sparse attention.json": dict(
         models={"diffusion_models": ["wan2.1_t2v_14B_fp16.safetensors"], **WAN_T2V_FILES},
-        plans=["wan2.1-14b_static-baseline.json"], samplers={"KSampler": 1}),
-    "wan2.1_i2v_14b_sparse.json": dict(
+        plans=["auto"], samplers={"KSampler": 1}),
+    "Wan2.1 I2V 14B with sparse attention.json": dict(
         models={"diffusion_models": ["wan2.1_i2v_480p_14B_fp16.safetensors"], **WAN_T2V_FILES,
                 "clip_vision": ["clip_vision_h.safetensors"]},
-        plans=["wan2.1-14b_static-baseline.json"], samplers={"KSampler": 1}),
-    "wan2.2_t2v_a14b_sparse.json": dict(
+        plans=["auto"], samplers={"KSampler": 1}),
+    "Wan2.2 T2V A14B with sparse attention.json": dict(
         models={"diffusion_models": ["wan2.2_t2v_high_noise_14B_fp8_scaled.safetensors",
                                      "wan2.2_t2v_low_noise_14B_fp8_scaled.safetensors"], **WAN_T2V_FILES},
-        plans=["wan2.1-14b_static-baseline.json", "wan2.1-14b_static-baseline.json"],
+        plans=["auto", "auto"],
         samplers={"KSamplerAdvanced": 2}),
-    "wan2.1_calibrate.json": dict(
+    "Wan2.1 calibrate a plan for your model.json": dict(
         models={"diffusion_models": ["wan2.1_t2v_1.3B_fp16.safetensors"], **WAN_T2V_FILES},
         plans=[], samplers={}),
-    "hunyuanvideo_t2v_sparse.json": dict(
+    "HunyuanVideo T2V with sparse attention.json": dict(
         models={"diffusion_models": ["hunyuan_video_t2v_720p_bf16.safetensors"],
                 "text_encoders": ["clip_l.safetensors", "llava_llama3_fp8_scaled.safetensors"],
                 "vae": ["hunyuan_video_vae_bf16.safetensors"]},
         plans=["auto"], samplers={"BasicGuider": 1, "BasicScheduler": 1}),
+    "Look at a plan (no model needed).json": dict(models={}, plans=[], samplers={}),
 }
 
 
-PACK_NODES = {"SparseVDiTPatch", "SparseVDiTCalibrate", "SparseVDiTSolvePlan", "SparseVDiTPlanPreview"}
+PACK_NODES = {"SparseVDiTPatch", "SparseVDiTCalibrate", "SparseVDiTSolvePlan", "SparseVDiTPlanPreview",
+              "SparseVDiTLoadPlan"}
 #: nodes that take the (patched) diffusion model for sampling
 MODEL_CONSUMERS = {"KSampler", "KSamplerAdvanced", "BasicGuider", "CFGGuider", "BasicScheduler",
                    "SparseVDiTCalibrate"}
@@ -156,7 +158,7 @@ def test_pack_nodes_sit_on_the_model_link_before_the_sampler(name):
 
 
 def test_wan22_experts_split_the_steps_like_the_official_template():
-    wf = _wf("wan2.2_t2v_a14b_sparse.json")
+    wf = _wf("Wan2.2 T2V A14B with sparse attention.json")
     samplers = {}
     for ks in _nodes_of(wf, "KSamplerAdvanced"):
         add_noise, _seed, _ctl, steps, _cfg, _s, _sch, start, end, leftover = ks["widgets_values"]
@@ -175,7 +177,7 @@ def test_wan22_experts_split_the_steps_like_the_official_template():
 
 
 def test_calibration_workflow_previews_the_plan_and_decodes_the_calibration_latent():
-    wf = _wf("wan2.1_calibrate.json")
+    wf = _wf("Wan2.1 calibrate a plan for your model.json")
     (cal,) = _nodes_of(wf, "SparseVDiTCalibrate")
     (prev,) = _nodes_of(wf, "SparseVDiTPlanPreview")
     (dec,) = _nodes_of(wf, "VAEDecode")
@@ -476,3 +478,26 @@ def test_every_template_has_its_picture_and_nothing_else_lies_beside_it():
     for name in WORKFLOWS:
         with open(os.path.join(wt.WORKFLOWS_DIR, name[:-5] + ".jpg"), "rb") as f:
             assert f.read(3) == b"\xff\xd8\xff", f"{name}: its picture is not a JPEG"
+
+
+def test_look_at_a_plan_needs_no_model_and_shows_the_plan_and_its_description():
+    wf = _wf("Look at a plan (no model needed).json")
+    assert not wt.model_files(wf) and not {n["type"] for n in wf["nodes"]} & set(wt.MODEL_LOADERS)
+    (load,) = _nodes_of(wf, "SparseVDiTLoadPlan")
+    (prev,) = _nodes_of(wf, "SparseVDiTPlanPreview")
+    (image,) = _nodes_of(wf, "PreviewImage")
+    (text,) = _nodes_of(wf, "PreviewAny")
+    assert load["widgets_values"] == ["wan2.1-1.3b_static-baseline.json"]
+    assert wt.upstream(wf, prev["id"], "plan") == (load, 0)
+    assert wt.upstream(wf, image["id"], "images") == (prev, 0)
+    assert wt.upstream(wf, text["id"], "source") == (load, 1)
+
+
+@pytest.mark.parametrize("name", WORKFLOWS)
+def test_notes_follow_the_readme_on_triton_and_on_which_plan(name):
+    wf = _wf(name)
+    text = "\n".join(str(v) for n in wf["nodes"] if n["type"] in wt.NOTE_TYPES for v in n.get("widgets_values") or [])
+    assert "pip install triton" not in text  # Linux torch brings Triton; Windows needs triton-windows
+    if _nodes_of(wf, "SparseVDiTPatch"):
+        assert "triton-windows" in text and "not calibrated on any model" in text and "`auto`" in text
+        assert "no HunyuanVideo plan ships" not in text

@@ -9,15 +9,12 @@ the predicted attention speedup and PSNR / SSIM against dense (on the
 latents: there is no VAE), and saves a side-by-side image strip (latent
 channels 0-2 of every frame as RGB: dense row, sparse row, |difference| x4).
 
-Needs a ComfyUI checkout (``comfyui`` argument or $COMFYUI_PATH); on a
-machine without one, :func:`available` says why, and the caller should fall
-back to the planted-shapes demo.
-
-    COMFYUI_PATH=/path/to/ComfyUI python yardstick/yardstick_demo.py [--out DIR]
+Needs a ComfyUI checkout; `python -m sparse_vdit demo` (demo.py) finds it,
+checks the command line and falls back to the planted-shapes demo without
+one.
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import os
 import sys
@@ -30,18 +27,14 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
 
-def available(comfyui: str | None = None) -> tuple[bool, str]:
-    """(True, path) when the yardstick demo can run, else (False, reason)."""
-    path = comfyui or os.environ.get("COMFYUI_PATH", "").strip()
-    if not os.path.isfile(os.path.join(HERE, "wan_tiny_yardstick.safetensors")):
-        return False, "the yardstick weights are missing"
-    if not path or not os.path.isfile(os.path.join(path, "comfy", "model_management.py")):
-        return False, "no ComfyUI checkout (set COMFYUI_PATH)"
-    return True, path
+LABEL_W = 100  # px of the strip's label column
+STRIP_LABELS = ("dense", "sparse", "difference x4")
 
 
 def _strip(dense: torch.Tensor, sparse: torch.Tensor):
-    from PIL import Image
+    """Rows dense, sparse, |difference| x4 (latent channels 0-2 of every
+    frame as RGB, frames left to right), each row labelled on the left."""
+    from PIL import Image, ImageDraw
 
     def rgb(x):  # [3, T, H, W] in about [-1, 1] -> uint8 [H, T*W, 3]
         x = ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
@@ -50,15 +43,20 @@ def _strip(dense: torch.Tensor, sparse: torch.Tensor):
     d, s = dense[0, :3].float(), sparse[0, :3].float()
     diff = ((s - d).abs() * 4 - 1)
     rows = torch.cat([rgb(d), rgb(s), rgb(diff)], dim=0).numpy()
-    image = Image.fromarray(rows)
-    return image.resize((image.width * 4, image.height * 4), Image.NEAREST)
+    frames = Image.fromarray(rows)
+    frames = frames.resize((frames.width * 4, frames.height * 4), Image.NEAREST)
+    image = Image.new("RGB", (frames.width + LABEL_W, frames.height), (255, 255, 255))
+    image.paste(frames, (LABEL_W, 0))
+    draw, row_h = ImageDraw.Draw(image), frames.height // 3
+    for i, label in enumerate(STRIP_LABELS):
+        draw.text((6, i * row_h + row_h // 2 - 6), label, fill=(20, 20, 20))
+    return image
 
 
-def run_yardstick_demo(comfyui: str | None = None, device: str = "auto", out_dir: str = ".",
+def run_yardstick_demo(comfyui: str, device: str = "auto", out: str = "sparse_vdit_yardstick_demo.png",
                        steps: int | None = None, target_speedup: float = 1.5, seed: int = 3) -> dict:
-    ok, path = available(comfyui)
-    if not ok:
-        raise RuntimeError(path)
+    """comfyui: a ComfyUI tree; out: the image file to write (its folder is made)."""
+    path = comfyui
     dev = "cuda" if device == "auto" and torch.cuda.is_available() else ("cpu" if device == "auto" else device)
     import ys_model as ymodel
 
@@ -105,8 +103,8 @@ def run_yardstick_demo(comfyui: str | None = None, device: str = "auto", out_dir
               "psnr_db": float(common.psnr(sparse, dense)[0]), "ssim": float(common.ssim(sparse, dense)[0]),
               "calibration_seconds": result.seconds, "modes": plan.density_summary(),
               "step_ranges": plan.describe_step_ranges()}
-    os.makedirs(out_dir, exist_ok=True)
-    report["image"] = os.path.join(out_dir, "yardstick_demo_strip.png")
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    report["image"] = out
     _strip(dense, sparse).save(report["image"])
     print(f"yardstick (trained tiny Wan2.1, {steps} steps, {report['device']}, backend {backend})")
     print(f"  plan: {report['modes']} ({report['step_ranges']}), attention density {density:.3f} -> predicted "
@@ -119,11 +117,7 @@ def run_yardstick_demo(comfyui: str | None = None, device: str = "auto", out_dir
     return report
 
 
-if __name__ == "__main__":
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--comfyui", default=None)
-    ap.add_argument("--device", default="auto")
-    ap.add_argument("--out", default=".")
-    ap.add_argument("--steps", type=int, default=None)
-    a = ap.parse_args()
-    run_yardstick_demo(a.comfyui, a.device, a.out, a.steps)
+if __name__ == "__main__":  # the same checks and defaults as `python -m sparse_vdit demo`
+    from sparse_vdit.demo import main
+
+    sys.exit(main(sys.argv[1:]))
