@@ -20,12 +20,14 @@ def test_head_to_head_smoke_run(comfy, tmp_path):
 
     env = {**os.environ, "COMFYUI_PATH": comfy_harness.comfyui_path()}
     cmd = [sys.executable, os.path.join(REPO, "yardstick", "head_to_head.py"), "--size", "tiny", "--device", "cpu",
-           "--steps", "4", "--seeds", "1", "--prompts", "4", "--targets", "2", "--probe-steps", "2", "--out", str(out)]
+           "--steps", "4", "--seeds", "1", "--prompts", "4", "--targets", "2", "--paper-menu-targets", "2", "--probe-steps", "2", "--out", str(out)]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     report = json.loads((out / "head_to_head.json").read_text())
     names = [r["name"] for r in report["results"]]
-    assert names[0] == "dense" and "ours 2x" in names and "ours 2x ranges" in names
+    assert names[0] == "dense" and "ours 2x" in names and "ours 2x ranges" in names and "ours 2x paper menu" in names
+    paper_modes = set(report["plans"]["ours 2x paper menu"]["modes"])
+    assert paper_modes <= {"skip", "diagonal", "multi_diagonal", "vertical_stripe", "full"}, paper_modes
     assert any(n.startswith("radial") for n in names) and any(n.startswith("window") for n in names)
     dense, rows = report["results"][0], report["results"][1:]
     assert dense["psnr_mean"] > 150 and dense["attention_speedup"] == 1.0

@@ -24,7 +24,8 @@ STRIP_FRAMES = 4
 
 COLOURS = {"ours bf16": (31, 119, 180), "ours 8-bit": (44, 160, 44), "core sol-attn": (214, 39, 40),
            "core sla": (255, 127, 14), "static radial": (148, 103, 189), "static window": (140, 86, 75),
-           "ours + core sol-attn": (23, 190, 207), "noise floor": (127, 127, 127)}
+           "ours + core sol-attn": (23, 190, 207), "ours bf16 paper menu": (188, 189, 34),
+           "noise floor": (127, 127, 127)}
 
 
 def latent_rgb(latent: torch.Tensor) -> torch.Tensor:

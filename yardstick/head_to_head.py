@@ -126,6 +126,10 @@ def main():
     ap.add_argument("--prompts", default="4,5,6,7")
     ap.add_argument("--targets", default="1.1,1.25,1.5,2,2.5,3")
     ap.add_argument("--targets-8bit", default="2,3")
+    ap.add_argument("--paper-menu-targets", default="1.5,2,3",
+                    help="targets also solved with the paper's modes only (no 3-D windows, no routed heads), "
+                         "from the same calibration: what the newer modes add")
+    ap.add_argument("--skip", default="", help="comma-separated families to leave out (e.g. 'core sla,static')")
     ap.add_argument("--probe-steps", type=int, default=5)
     ap.add_argument("--query-fraction", type=float, default=1.0)
     args = ap.parse_args()
@@ -137,8 +141,10 @@ def main():
     from core_sparse_standin import apply_core_sparse_standin
     from sparse_vdit.integration.install import apply_plan
     from sparse_vdit.patterns import table_from_block_mask
+    from sparse_vdit.plans.candidates import PAPER_MODES
     from sparse_vdit.plans.format import DenseSchedule, plan_to_dict
     from sparse_vdit.plans.search import solve_plan
+    from sparse_vdit.plans.statistics import with_modes
     from static_masks import mask_at_density
 
     kitchen, kitchen_version = None, None
@@ -191,6 +197,14 @@ def main():
             plans[label] = (plan, density)
             configs.append((label, "ours bf16", f"target {target:g}x, {plan.describe_step_ranges()}",
                             (lambda p=plan: apply_plan(patcher, p, backend=backend)), density))
+    paper_stats = with_modes(stats, PAPER_MODES)
+    for target in [float(t) for t in args.paper_menu_targets.split(",") if t]:
+        plan = solve_plan(paper_stats, target_speedup=target, name=f"ours {target:g}x paper menu", step_ranges=1)
+        density = common.plan_density(plan, steps=args.steps, size=size)
+        plans[f"ours {target:g}x paper menu"] = (plan, density)
+        configs.append((f"ours {target:g}x paper menu", "ours bf16 paper menu",
+                        f"target {target:g}x, modes {', '.join(PAPER_MODES)} and full only",
+                        (lambda p=plan: apply_plan(patcher, p, backend=backend)), density))
     if device.type == "cuda":
         for target in [float(t) for t in args.targets_8bit.split(",") if t]:
             plan, density = plans[f"ours {target:g}x"]
@@ -237,6 +251,9 @@ def main():
             configs.append((f"{kind} d={setting['density']:.2f}", f"static {kind}", json.dumps(setting),
                             (lambda t=table: apply_core_sparse_standin(patcher, head_dim, 0, static_kernel(t, backend),
                                                                        sigma_start)[0]), setting["density"]))
+
+    skipped = tuple(f.strip() for f in args.skip.split(",") if f.strip())
+    configs = [c for c in configs if not c[1].startswith(skipped)] if skipped else configs
 
     def generate(model, prompt, seed):
         return common.generate(model, [prompt], seed=seed, steps=args.steps, size=size, cfg=CFG)
