@@ -192,11 +192,14 @@ if triton is not None:
 # Host side
 # --------------------------------------------------------------------------
 def fp8_pv_supported(device) -> bool:
-    """FP8 tensor cores: sm_89 (Ada) and newer; the interpreter emulates them."""
+    """Whether P.V runs in FP8 here: the card's recipe in launch_table.py
+    (FP8 tensor cores from sm_89; not assumed on a card the table does not
+    know); the interpreter emulates them."""
     device = torch.device(device)
     if device.type == "cpu":
         return _interpreting()
-    return device.type == "cuda" and torch.cuda.get_device_capability(device) >= (8, 9)
+    from .launch_table import launch_for_device
+    return device.type == "cuda" and launch_for_device(device).pv_fp8
 
 
 def ineligible_reason(q: torch.Tensor, block_m: int, block_n: int) -> Optional[str]:
@@ -217,18 +220,15 @@ def ineligible_reason(q: torch.Tensor, block_m: int, block_n: int) -> Optional[s
 
 
 def default_config8(device: torch.device, head_dim: int, block_m: int, block_n: int) -> dict:
-    """Launch parameters (no autotuning). 64-row query tiles (a table row of
-    128 queries is served by two programs): with 128 rows the two fp32
-    accumulators (running and per-block P.V) spill; on an H200 tile 64 /
-    4 warps / 3 stages beat tile 128 / 8 warps by 12-30%
-    (benchmarks/results/kernels8_NVIDIA_H200*.md)."""
-    cfg = {"num_warps": 4, "num_stages": 2, "tma": False, "tile_m": min(64, block_m)}
-    if device.type != "cuda" or _interpreting():
-        cfg["num_stages"] = 1
-        return cfg
-    major, _ = torch.cuda.get_device_capability(device)
-    if major == 9:
-        cfg.update(tma=TensorDescriptor is not None, num_stages=3)
+    """Launch parameters from the per-card table (launch_table.py; no
+    autotuning). 64-row query tiles (a table row of 128 queries is served by
+    two programs): with 128 rows the two fp32 accumulators (running and
+    per-block P.V) spill; on an H200 tile 64 / 4 warps / 3 stages beat
+    tile 128 / 8 warps by 12-30% (benchmarks/results/kernels8_NVIDIA_H200*.md)."""
+    from .launch_table import INTERPRETER_LAUNCH, launch_for_device
+    interpreted = device.type != "cuda" or _interpreting()
+    cfg = (INTERPRETER_LAUNCH if interpreted else launch_for_device(device)).config8(block_m)
+    cfg["tma"] = cfg["tma"] and TensorDescriptor is not None
     return cfg
 
 
