@@ -112,14 +112,20 @@ class CardLaunch:
     auto_min_keys: Optional[int]
     why: str
     known: bool = True
+    # Pass max_num_imprecise_acc = BLOCK_N to the FP8 P.V dot: with Triton's
+    # default (0 off Hopper) it folds `acc * alpha + dot(p, v)` into the MMA's
+    # accumulator, which is narrower than fp32 for FP8 (SageAttention2 on Ada).
+    # Hopper's default (2**30) keeps the add apart already: False there, so its
+    # measured kernel compiles as before.
+    fresh_fp8_acc: bool = True
 
     def config16(self, head_dim: int, block_n: int) -> dict:
         warps, stages = self.warps_stages16.get((head_dim, block_n), (4, 1))
         return {"num_warps": warps, "num_stages": stages, "tma": self.tma, "ws": False}
 
-    def config8(self, block_m: int) -> dict:
+    def config8(self, block_m: int, block_n: int) -> dict:
         return {"num_warps": self.warps8, "num_stages": self.stages8, "tma": self.tma,
-                "tile_m": min(self.tile_m8, block_m)}
+                "tile_m": min(self.tile_m8, block_m), "pv_imprecise": block_n if self.fresh_fp8_acc else None}
 
     @property
     def recipe8(self) -> str:
@@ -156,7 +162,7 @@ LAUNCH_TABLE: Mapping[tuple[int, int], CardLaunch] = MappingProxyType({
         why="MEASURED on an H200: TMA descriptors, bf16 128x64 / 4 warps / 2 stages (0.88-0.94 of "
             "cuDNN per block); 8-bit 64-row tiles / 4 warps / 3 stages (12-30% over 128 rows / 8 "
             "warps, three programs per SM); `auto` from 7,500 keys per query (every table above gained "
-            "1.04-1.22x, every one below lost)."),
+            "1.04-1.22x, every one below lost).", fresh_fp8_acc=False),
     (10, 0): CardLaunch(
         "sm_100", "B200, GB200", tma=False, warps_stages16=_POINTER16,
         tile_m8=64, warps8=4, stages8=2, pv_fp8=True,

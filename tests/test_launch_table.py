@@ -48,7 +48,9 @@ def test_every_card_class_has_a_complete_row(capability):
         for block_n in (64, 128):
             cfg = row.config16(head_dim, block_n)
             assert cfg["num_warps"] in (4, 8) and cfg["num_stages"] in (1, 2, 3)
-    assert row.config8(128)["tile_m"] == 64 and row.config8(64)["tile_m"] == 64
+    assert row.config8(128, 64)["tile_m"] == 64 and row.config8(64, 64)["tile_m"] == 64
+    # FP8 P.V in a fresh accumulator per block: Triton's default does it on Hopper only
+    assert row.config8(128, 64)["pv_imprecise"] == (None if capability == (9, 0) else 64)
     assert row.pv_fp8 == (capability >= (8, 9))  # FP8 tensor cores from Ada on
     assert row.auto_min_keys is not None and 0 < row.auto_min_keys < 20000
 
@@ -65,7 +67,7 @@ def test_hopper_keeps_its_measured_parameters(card):
     assert ts.default_config(CUDA, torch.float32, 128, 128, 64)["tma"] is False
     for head_dim in (64, 128):
         assert t8.default_config8(CUDA, head_dim, 128, 64) == {"num_warps": 4, "num_stages": 3, "tma": tma,
-                                                               "tile_m": 64}
+                                                               "tile_m": 64, "pv_imprecise": None}
     assert t8.fp8_pv_supported(CUDA)
     assert dispatch.auto_min_keys(CUDA) == dispatch.AUTO_MIN_KEYS_PER_QUERY == 7500
 
@@ -81,7 +83,8 @@ def test_other_classes_keep_the_pointer_path(card, capability):
         for block_n in (64, 128):
             cfg = ts.default_config(CUDA, torch.bfloat16, head_dim, 128, block_n)
             assert cfg == {"num_warps": 4, "num_stages": stages, "tma": False, "ws": False}
-    assert t8.default_config8(CUDA, 128, 128, 64) == {"num_warps": 4, "num_stages": 2, "tma": False, "tile_m": 64}
+    assert t8.default_config8(CUDA, 128, 128, 64) == {"num_warps": 4, "num_stages": 2, "tma": False, "tile_m": 64,
+                                                      "pv_imprecise": 64}
     assert t8.fp8_pv_supported(CUDA) == (capability >= (8, 9))
 
 
@@ -95,7 +98,7 @@ def test_unknown_card_runs_the_safe_variant_with_one_log_line(card, caplog, capa
         fp8 = t8.fp8_pv_supported(CUDA)
         auto = dispatch.auto_min_keys(CUDA)
     assert cfg == {"num_warps": 4, "num_stages": 1, "tma": False, "ws": False}
-    assert cfg8 == {"num_warps": 4, "num_stages": 1, "tma": False, "tile_m": 64}
+    assert cfg8 == {"num_warps": 4, "num_stages": 1, "tma": False, "tile_m": 64, "pv_imprecise": 64}
     assert fp8 is False and auto is None
     lines = [r.getMessage() for r in caplog.records if "no launch parameters" in r.getMessage()]
     assert len(lines) == 1, lines
@@ -108,7 +111,8 @@ def test_interpreter_row_on_cpu(monkeypatch):
     cpu = torch.device("cpu")
     assert ts.default_config(cpu, torch.float16, 128, 128, 64) == {"num_warps": 4, "num_stages": 1, "tma": False,
                                                                    "ws": False}
-    assert t8.default_config8(cpu, 64, 64, 64) == {"num_warps": 4, "num_stages": 1, "tma": False, "tile_m": 64}
+    assert t8.default_config8(cpu, 64, 64, 64) == {"num_warps": 4, "num_stages": 1, "tma": False, "tile_m": 64,
+                                                   "pv_imprecise": 64}
     assert dispatch.auto_min_keys(cpu) is None
 
 
@@ -182,9 +186,38 @@ def test_kernels_are_launched_with_the_rows_parameters(card, monkeypatch, capabi
     qz = quant8.quantize_torch(q, k, v, table.heads, table.block_n, 0.125, row.pv_fp8)
     t8.launch8(qz, v, out, table.kv_offsets, table.kv_indices, heads_t, table.block_m, table.block_n)
     (grid, _, kw), = kernel8.calls
-    cfg8 = row.config8(table.block_m)
+    cfg8 = row.config8(table.block_m, table.block_n)
     assert (kw["num_warps"], kw["num_stages"], kw["TILE_M"]) == (cfg8["num_warps"], cfg8["num_stages"],
                                                                  cfg8["tile_m"])
     assert kw["USE_TMA"] == (row.tma and ts.TensorDescriptor is not None)
-    assert kw["PV_FP8"] == row.pv_fp8
+    assert kw["PV_FP8"] == row.pv_fp8 and kw["PV_IMPRECISE"] == cfg8["pv_imprecise"]
     assert grid[0] == len(table.heads) * -(-seq_len // table.block_m) * (table.block_m // cfg8["tile_m"])
+
+
+@pytest.mark.gpu
+def test_gpu_card_runs_its_rows_parameters():
+    """On the GPU at hand: its class has a row (no log line), and the kernels
+    it compiles carry that row's warps and stages."""
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU")
+    ts, t8 = _triton_modules()
+    row = launch_table.launch_for_device("cuda")
+    assert row.known, f"no launch-table row for {torch.cuda.get_device_capability()}"
+    table = _small_table("cuda")
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    q, k, v = (torch.randn(1, table.seq_len, 2, 128, generator=gen, device="cuda", dtype=torch.bfloat16)
+               for _ in range(3))
+    out = torch.full_like(q, float("nan"))
+    ts.sparse_attention_triton(q, k, v, out, table)
+    t8.sparse_attention8_triton(q, k, v, out, table)
+    torch.cuda.synchronize()
+    assert torch.isfinite(out[:, :, list(table.heads)]).all()
+
+    def launched(kernel):
+        return [c.metadata for cache in kernel.device_caches.values() for c in cache[0].values()]
+
+    cfg16, cfg8 = row.config16(128, table.block_n), row.config8(table.block_m, table.block_n)
+    assert any((m.num_warps, m.num_stages) == (cfg16["num_warps"], cfg16["num_stages"])
+               for m in launched(ts._sparse_attn_fwd))
+    assert any((m.num_warps, m.num_stages) == (cfg8["num_warps"], cfg8["num_stages"])
+               for m in launched(t8._sparse_attn8_fwd))
