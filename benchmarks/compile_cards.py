@@ -137,7 +137,8 @@ ALIGNED_INTS = frozenset(("sqb", "sql", "sqh", "skb", "skl", "skh", "svb", "svl"
 
 def _sig16(dtype: str, tma: bool, head_dim: int, block_n: int, rows: bool) -> tuple:
     sig = {name: f"*{dtype}" for name in ("Q", "K", "V", "O")}
-    desc = f"tensordesc<{dtype}[1, 1, {block_n}, {head_dim}]>" if rows else f"tensordesc<{dtype}[{block_n}, {head_dim}]>"
+    shape = f"1, 1, {block_n}, {head_dim}" if rows else f"{block_n}, {head_dim}"
+    desc = f"tensordesc<{dtype}[{shape}]>"
     sig["k_desc"] = sig["v_desc"] = desc if tma else f"*{dtype}"
     ptrs = ("kv_offsets", "kv_indices", "entry_rows", "heads_ptr") if rows else ("kv_offsets", "kv_indices",
                                                                                "heads_ptr", "row_order")

@@ -9,9 +9,11 @@ stays 16-bit) with one log line per capability.
 
 Only sm_90 was measured (H200, benchmarks/NOTES.md and
 benchmarks/results/kernels*_NVIDIA_H200.md); every other row keeps the
-parameters the kernels used before this table existed, which compile within
-the card's limits without spills (tests/test_cards_compile.py; the
-per-card resource table is docs/cards.md). A row's `why` says which.
+parameters the kernels used before this table existed, except where the
+compiled kernel spilled registers (tests/test_cards_compile.py checks every
+variant's shared memory, spills and tensor-core instructions per card;
+docs/cards.md and docs/cards_compile.md hold the tables). A row's `why`
+says which.
 
 `auto`: 8 bits where a layer's rows average at least `auto_min_keys` keys
 per query. The break-even is where the kernel's saving per (query, key)
@@ -83,10 +85,15 @@ def modelled_auto_min_keys(card: PublishedRates, pv_fp8: bool, saving: Optional[
     return int(round(keys / 100.0)) * 100
 
 
-# bf16 kernel (warps, stages) by (head_dim, block_n): the pointer-path
-# defaults every card used before the table (stages 2 at head_dim 128 keep
-# K and V double-buffered in 48 KB; head_dim 64 takes a third stage in 36 KB).
-_POINTER16 = MappingProxyType({(128, 64): (4, 2), (64, 64): (4, 3), (128, 128): (4, 2), (64, 128): (4, 3)})
+# bf16 kernel (warps, stages) by (head_dim, block_n) off Hopper: stages as
+# every card used before the table (2 at head_dim 128, K and V double-
+# buffered; 3 at head_dim 64). Warps: 8 at head_dim 128, where 4 warps hold
+# Q, the fp32 accumulator and the scores of a 128-row tile in 255 registers
+# and spill (1.0-1.2 KB per thread on sm_80/86/89/120, 156 B on sm_100); 8
+# warps compile without spills in the same shared memory (64 KB, one
+# program per SM on the 100 KB cards: twice the warps in flight). From the
+# compiled kernels (benchmarks/compile_cards.py, Triton 3.9), not timed.
+_POINTER16 = MappingProxyType({(128, 64): (8, 2), (64, 64): (4, 3), (128, 128): (8, 2), (64, 128): (4, 3)})
 # Hopper, swept on an H200 (benchmarks/NOTES.md): 4 warps / 2 stages on
 # 128x64 tables; 128x128 tables want two warpgroups at head_dim 128.
 _HOPPER16 = MappingProxyType({(128, 64): (4, 2), (64, 64): (4, 2), (128, 128): (8, 3), (64, 128): (4, 3)})
@@ -139,22 +146,24 @@ LAUNCH_TABLE: Mapping[tuple[int, int], CardLaunch] = MappingProxyType({
         auto_min_keys=modelled_auto_min_keys(A100, pv_fp8=False),
         why="No TMA, no FP8: pointer loads; P.V in 16 bits. 8 bits save a quarter of each block "
             "(INT8 at 2x the 16-bit rate on QK only) but the pre-pass is cheap on HBM: modelled "
-            "threshold. Tiles as before the table (unmeasured; 163 KB of shared memory left unused)."),
+            "threshold. bf16 at head_dim 128 on 8 warps (no spills); otherwise as before the table "
+            "(unmeasured; 163 KB of shared memory left unused)."),
     (8, 6): CardLaunch(
         "sm_86", "RTX 30 series, A10, A40, RTX A6000", tma=False, warps_stages16=_POINTER16,
         tile_m8=64, warps8=4, stages8=2, pv_fp8=False,
         auto_min_keys=modelled_auto_min_keys(RTX3090, pv_fp8=False),
         why="No TMA, no FP8: pointer loads; INT8 QK runs at 4x the fp32-accumulate 16-bit rate on "
             "GeForce, P.V stays 16-bit: 8 bits save about 3/8 of a block (modelled on the RTX 3090). "
-            "Tiles as before the table (unmeasured), within 99 KB."),
+            "bf16 at head_dim 128 on 8 warps (no spills); otherwise as before the table (unmeasured), "
+            "within 99 KB."),
     (8, 9): CardLaunch(
         "sm_89", "RTX 40 series, L4, L40S, RTX 6000 Ada", tma=False, warps_stages16=_POINTER16,
         tile_m8=64, warps8=4, stages8=2, pv_fp8=True,
         auto_min_keys=modelled_auto_min_keys(RTX4090, pv_fp8=True),
         why="FP8 tensor cores (mma.sync e4m3), no TMA: pointer loads. On GeForce INT8 is 4x and FP8 "
             "(fp32 accumulate) 2x the 16-bit rate: 8 bits save about 5/8 of a block, so `auto` "
-            "switches at far shorter rows than on the H200 (modelled on the RTX 4090). Tiles as before "
-            "the table (unmeasured), within 99 KB."),
+            "switches at far shorter rows than on the H200 (modelled on the RTX 4090). bf16 at head_dim "
+            "128 on 8 warps (no spills); otherwise as before the table (unmeasured), within 99 KB."),
     (9, 0): CardLaunch(
         "sm_90", "H100, H200, GH200", tma=True, warps_stages16=_HOPPER16,
         tile_m8=64, warps8=4, stages8=3, pv_fp8=True,
@@ -167,10 +176,10 @@ LAUNCH_TABLE: Mapping[tuple[int, int], CardLaunch] = MappingProxyType({
         "sm_100", "B200, GB200", tma=False, warps_stages16=_POINTER16,
         tile_m8=64, warps8=4, stages8=2, pv_fp8=True,
         auto_min_keys=modelled_auto_min_keys(B200, pv_fp8=True, saving=H200_SAVING8),
-        why="Unmeasured: the pointer-path tiles it ran before the table (Triton emits tcgen05 MMAs "
-            "either way; TMA compiles but is untimed here). 8-bit to 16-bit is 2:1 as on Hopper and "
-            "the softmax bounds it likewise, so the H200's measured saving is carried over, scaled "
-            "by bandwidth and rate (modelled on the B200)."),
+        why="Unmeasured: the pointer path it ran before the table, bf16 at head_dim 128 on 8 warps "
+            "(no spills; Triton emits tcgen05 MMAs either way; TMA is untimed here). 8-bit to "
+            "16-bit is 2:1 as on Hopper and the softmax bounds it likewise, so the H200's measured "
+            "saving is carried over, scaled by bandwidth and rate (modelled on the B200)."),
     (12, 0): CardLaunch(
         "sm_120", "RTX 50 series, RTX PRO Blackwell", tma=False, warps_stages16=_POINTER16,
         tile_m8=64, warps8=4, stages8=2, pv_fp8=True,

@@ -74,15 +74,16 @@ def test_hopper_keeps_its_measured_parameters(card):
 
 @pytest.mark.parametrize("capability", [c for c in CLASSES if c != (9, 0)])
 def test_other_classes_keep_the_pointer_path(card, capability):
-    """Unmeasured classes run what they ran before the table: pointer loads,
-    4 warps, 2 stages at head_dim 128 and 3 at 64; 8 bits with 64-row tiles
-    and 2 stages; P.V in FP8 only with FP8 tensor cores."""
+    """Unmeasured classes run what they ran before the table (pointer loads,
+    2 stages at head_dim 128 and 3 at 64; 8 bits with 64-row tiles, 4 warps,
+    2 stages; P.V in FP8 only with FP8 tensor cores) except 8 warps for the
+    bf16 kernel at head_dim 128, where 4 warps spill (test_cards_compile)."""
     ts, t8 = _triton_modules()
     card(capability)
-    for head_dim, stages in ((128, 2), (64, 3)):
+    for head_dim, warps, stages in ((128, 8, 2), (64, 4, 3)):
         for block_n in (64, 128):
             cfg = ts.default_config(CUDA, torch.bfloat16, head_dim, 128, block_n)
-            assert cfg == {"num_warps": 4, "num_stages": stages, "tma": False, "ws": False}
+            assert cfg == {"num_warps": warps, "num_stages": stages, "tma": False, "ws": False}
     assert t8.default_config8(CUDA, 128, 128, 64) == {"num_warps": 4, "num_stages": 2, "tma": False, "tile_m": 64,
                                                       "pv_imprecise": 64}
     assert t8.fp8_pv_supported(CUDA) == (capability >= (8, 9))
