@@ -10,8 +10,9 @@ registers, shared memory and warps allow.
 
     python benchmarks/compile_cards.py [--arch 89 120] [--out docs/cards_compile.md]
 
-prints the table and writes it as Markdown; tests/test_cards_compile.py runs
-the same variants and asserts the limits.
+prints the table and writes it as Markdown (the pack importable as
+sparse_vdit, e.g. after `pip install -e .`); tests/test_cards_compile.py
+runs the same variants and asserts the limits.
 """
 from __future__ import annotations
 
@@ -358,7 +359,6 @@ def main(argv=None) -> int:
     results = compile_all(tuple(args.arch), args.workers)
     text = markdown(results)
     if args.out:
-        sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
         from sparse_vdit.plans.atomic import atomic_write_text
         atomic_write_text(args.out, text)
     print(text)
