@@ -30,6 +30,7 @@ if HERE not in sys.path:
     sys.path.insert(0, HERE)
 
 sys.path.insert(0, os.path.join(os.path.dirname(HERE), "benchmarks"))
+import compile_cards  # noqa: E402
 from compile_cards import fp8_dot_accumulators  # noqa: E402
 from test_triton_kernel import (G_MID, G_ODD, _compile_sm, _cuda_backend_or_skip, _inputs,  # noqa: E402
                                 _make_layer, _triton_importable, interpreter_worker_results, oracle, rel)
@@ -488,14 +489,7 @@ def test_table_with_dense_rows():
 # CPU: the compiled kernels (Triton's CUDA backend compiles without a GPU)
 # --------------------------------------------------------------------------
 def _kernel8_signature(tma: bool, pv_fp8: bool, d: int, bn: int = 64) -> dict:
-    sig = {"Q8": "*i8", "QS": "*fp32", "K8": "*i8", "KS": "*fp32", "VT8": "*fp8e4nv" if pv_fp8 else "*i8",
-           "V": "*bf16", "VS": "*fp32", "VOFF": "*fp32", "O": "*bf16",
-           "k_desc": f"tensordesc<i8[{bn}, {d}]>" if tma else "*i8",
-           "v_desc": (f"tensordesc<fp8e4nv[{d}, {bn}]>" if pv_fp8 else f"tensordesc<i8[{bn}, {d}]>") if tma else "*i8",
-           "kv_offsets": "*i32", "kv_indices": "*i32", "heads_ptr": "*i32"}
-    for name in ("seq_len", "l_pad", "n_slots", "n_q_blocks", "n_k_blocks", "svb", "svl", "svh", "sob", "sol", "soh"):
-        sig[name] = "i32"
-    return sig
+    return dict(compile_cards._sig8(tma, pv_fp8, d, bn))
 
 
 @pytest.mark.parametrize("capability,tma,pv_fp8,d", [(90, True, True, 128), (90, False, True, 64),
