@@ -107,16 +107,20 @@ def param_count(model) -> int:
 def save_weights(model, path: str, dtype=torch.float16, metadata: dict | None = None, quant: str | None = None) -> None:
     """Save in ComfyUI's Wan diffusion-model key layout (plain WanModel keys);
     ``quant="int4"``: 4 bits with per-group scales (ys_quant.py)."""
-    from safetensors.torch import save_file
-
     if quant == "int4":
         import ys_quant
 
         ys_quant.save_quantized(model.state_dict(), path, metadata)
-        return
-    if quant is not None:
+    elif quant is None:
+        save_state_dict(model.state_dict(), path, dtype, metadata)
+    else:
         raise ValueError(f"unknown weight storage {quant!r}")
-    sd = {k: v.detach().to("cpu", dtype).contiguous() for k, v in model.state_dict().items()}
+
+
+def save_state_dict(sd: dict, path: str, dtype=torch.float16, metadata: dict | None = None) -> None:
+    from safetensors.torch import save_file
+
+    sd = {k: v.detach().to("cpu", dtype).contiguous() for k, v in sd.items()}
     meta = {"format": "pt", "sparse_vdit_yardstick": json.dumps(metadata or {})}
     save_file(sd, path, metadata=meta)
 
