@@ -26,10 +26,12 @@ STEPS, SAMPLER, SCHEDULER, CFG = 20, "euler", "simple", 1.0
 WARMUP = 0.2  # dense warm-up share of the steps (the pack's default)
 
 
-def setup(comfyui: str | None = None):
-    """Import ComfyUI (CPU) and load the committed model through ComfyUI's loader."""
-    ymodel.import_comfy(comfyui, cpu=True)
-    return ymodel.load_patcher()
+def setup(comfyui: str | None = None, weights: str | None = None, device: str = "cpu"):
+    """Import ComfyUI and load a model (default: the committed tiny one) through
+    ComfyUI's loader; fp32 on the CPU, bf16 on a GPU."""
+    cpu = torch.device(device).type == "cpu"
+    ymodel.import_comfy(comfyui, cpu=cpu)
+    return ymodel.load_patcher(weights or ymodel.WEIGHTS, dtype=torch.float32 if cpu else torch.bfloat16)
 
 
 def conds(classes, size: YardstickSize = TINY):
