@@ -156,6 +156,7 @@ def run(args) -> None:
                "--eval-samples", str(args.eval_samples)]
         cmd += shlex.split(args.train_args or FIRST_LEG[size.name]) if args.first else ["--resume"]
         cmd += ["--set-total", str(args.set_total)] if args.set_total else []
+        cmd += ["--set-short-steps", str(args.set_short_steps)] if args.set_short_steps >= 0 else []
         if stream(cmd, log):
             raise SystemExit("training failed: see the log")
         census = None
@@ -329,6 +330,7 @@ def main(argv=None):
     r.add_argument("--first", action="store_true", help="start the run (no checkpoint may exist)")
     r.add_argument("--train-args", default="", help="a first leg's training plan (default: FIRST_LEG[size])")
     r.add_argument("--set-total", type=int, default=0, help="move the run's step total (its wsd decay)")
+    r.add_argument("--set-short-steps", type=int, default=-1, help="move the step where the full grid starts")
     r.add_argument("--budget-s", type=float, default=560.0, help="wall time of the whole leg")
     r.add_argument("--census-reserve-s", type=float, default=150.0, help="kept for export, evaluation and census")
     r.add_argument("--no-census", action="store_true")

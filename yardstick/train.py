@@ -238,6 +238,7 @@ def parse_args(argv=None):
     ap.add_argument("--stop-at-step", type=int, default=0, help="checkpoint and stop at this step (for tests)")
     ap.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint")
     ap.add_argument("--set-total", type=int, default=0, help="on --resume: move the run's step total (wsd decay)")
+    ap.add_argument("--set-short-steps", type=int, default=-1, help="on --resume: move the end of the short clips")
     ap.add_argument("--export", action="store_true", help="also write the model and its evaluation when stopped")
     return ap.parse_args(argv)
 
@@ -284,8 +285,12 @@ def main(argv=None):
         if args.set_total:
             print(f"step total moved from {total} to {args.set_total}", flush=True)
             total = args.set_total
+        if args.set_short_steps >= 0:
+            print(f"short clips end at step {args.set_short_steps} (was {args.short_steps})", flush=True)
+            args.short_steps = args.set_short_steps
         runs = info["meta"].get("runs", [])
-        meta = {**info["meta"], "card": card, "torch": torch.__version__}
+        meta = {**info["meta"], "card": card, "torch": torch.__version__,
+                "args": {k: getattr(args, k) for k in TRAINING_SETTINGS}}
         print(f"resumed at step {step} of {total}", flush=True)
     print(json.dumps(meta), flush=True)
 
@@ -295,7 +300,8 @@ def main(argv=None):
 
     def this_run():
         return dict(card=card, from_step=first_step, to_step=step, seconds=round(time.perf_counter() - t_train, 1),
-                    set_total=args.set_total or None)
+                    set_total=args.set_total or None,
+                    set_short_steps=args.set_short_steps if args.set_short_steps >= 0 else None)
 
     first_step = step
     t_train = time.perf_counter()

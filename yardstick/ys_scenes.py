@@ -58,8 +58,8 @@ def make_scenes(classes, seed: int, device="cpu", frames: int = 21, height: int 
     g = torch.Generator().manual_seed(int(seed))
     dev = torch.device(device)
 
-    def rnd(lo, hi, *shape):
-        return (lo + (hi - lo) * torch.rand(bsz, *shape, generator=g)).to(dev)
+    def rnd(lo, hi, *shape):  # kept on the CPU: 0-dim pieces of it enter GPU ops as plain numbers, no syncs
+        return lo + (hi - lo) * torch.rand(bsz, *shape, generator=g)
 
     # per sample, drawn in a fixed order whatever the class (determinism across classes)
     pan_speed, zoom, light_amp, light_w, light_ph = rnd(0.01, 0.03), rnd(-0.15, 0.15), rnd(0.05, 0.25), \
@@ -71,7 +71,7 @@ def make_scenes(classes, seed: int, device="cpu", frames: int = 21, height: int 
     is_fast = rnd(0, 1, MAX_OBJECTS) < 0.5
     radius, spin, sharp = rnd(0.06, 0.16, MAX_OBJECTS), rnd(-0.5, 0.5, MAX_OBJECTS), rnd(25.0, 40.0, MAX_OBJECTS)
     ob_freq, ob_phase = rnd(5.0, 9.0, MAX_OBJECTS), rnd(0, 2 * math.pi, MAX_OBJECTS)
-    jitter_a = 0.15 * torch.randn(bsz, data.CHANNELS, data.N_MAPS, generator=g).to(dev)
+    jitter_a = 0.15 * torch.randn(bsz, data.CHANNELS, data.N_MAPS, generator=g)
 
     t = (torch.arange(frames, dtype=torch.float32, device=dev) - (frames - 1) / 2).view(frames, 1, 1)
     v = ((torch.arange(height, dtype=torch.float32, device=dev) + 0.5) / height).view(1, height, 1)
@@ -109,7 +109,7 @@ def make_scenes(classes, seed: int, device="cpu", frames: int = 21, height: int 
         grad = (2 * v - 1) * 0.8 * light
         maps = torch.stack([bg * (1 - cover), cover, objtex * cover, grad.expand_as(bg),
                             layers[2] * (1 - cover), bg * cover], dim=-1)
-        a, b = (m.to(dev) for m in data.class_mixing(cls))
-        lat = torch.einsum("thwm,cm->cthw", maps * light[..., None], a + jitter_a[i]) + b.view(-1, 1, 1, 1)
+        a, b = data.class_mixing(cls)
+        lat = torch.einsum("thwm,cm->cthw", maps * light[..., None], (a + jitter_a[i]).to(dev)) + b.to(dev).view(-1, 1, 1, 1)
         out[i] = torch.tanh(0.9 * lat)
     return out
