@@ -11,8 +11,6 @@ import sys
 
 import pytest
 
-pytestmark = pytest.mark.comfyui
-
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LEG = os.path.join(REPO, "yardstick", "leg.py")
 
@@ -23,6 +21,7 @@ def leg(*args, ok=True):
     return done.stdout + done.stderr
 
 
+@pytest.mark.comfyui
 def test_two_legs_resume_across_cold_machines_and_land(comfy, tmp_path):
     import comfy_harness
 
@@ -61,3 +60,26 @@ def test_two_legs_resume_across_cold_machines_and_land(comfy, tmp_path):
     assert json.loads((root / "yardstick" / "wan480_tiny_checkpoint" / "index.json").read_text())["info"]["step"] == 6
     # landing an older leg over a newer checkpoint is refused
     assert "is newer than this one" in leg("land", str(tmp_path / "out1"), *common, ok=False)
+
+
+def test_park_moves_what_a_leg_call_need_not_send_and_unpark_brings_it_back(tmp_path):
+    root, parked = tmp_path / "checkout", tmp_path / "parked"
+    (root / "yardstick" / "wan480_checkpoint").mkdir(parents=True)
+    files = {"yardstick/wan_tiny_yardstick.safetensors": 3000, "yardstick/wan_video_yardstick.safetensors": 2000,
+             "yardstick/wan480_yardstick.safetensors": 1000, "yardstick/wan480_checkpoint/index.json": 10,
+             "yardstick/leg.py": 5}
+    for rel, n in files.items():
+        (root / rel).write_bytes(b"x" * n)
+    subprocess.run(["git", "init", "-q", str(root)], check=True)
+    subprocess.run(["git", "-C", str(root), "add", "."], check=True)
+    out = leg("park", "leg", "--root", str(root), "--parked", str(parked))
+    assert sorted(os.listdir(root / "yardstick")) == ["leg.py", "wan480_checkpoint"]
+    assert "sends 0.0 MiB" in out  # the checkpoint (10 bytes) and leg.py (5) are all that is left
+    leg("unpark", "--root", str(root), "--parked", str(parked))
+    for rel, n in files.items():
+        assert (root / rel).stat().st_size == n, rel
+    leg("park", "h2h", "--root", str(root), "--parked", str(parked))
+    assert sorted(os.listdir(root / "yardstick")) == ["leg.py", "wan480_yardstick.safetensors"]
+    leg("unpark", "--root", str(root), "--parked", str(parked))
+    assert (root / "yardstick" / "wan480_checkpoint" / "index.json").stat().st_size == 10
+    assert not any(files for _, _, files in os.walk(parked))

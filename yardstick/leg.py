@@ -296,11 +296,13 @@ def travelling_bytes(root: str) -> int:
 
 
 def park(args) -> None:
-    os.makedirs(PARKED, exist_ok=True)
+    if any(files for _, _, files in os.walk(args.parked)):
+        raise SystemExit(f"{args.parked} already holds parked files: run `leg.py unpark` first")
+    os.makedirs(args.parked, exist_ok=True)
     for rel in PARK_SETS[args.what]:
         src = os.path.join(args.root, rel)
         if os.path.exists(src):
-            dst = os.path.join(PARKED, rel)
+            dst = os.path.join(args.parked, rel)
             os.makedirs(os.path.dirname(dst), exist_ok=True)
             shutil.move(src, dst)
             print(f"parked {rel}")
@@ -309,9 +311,11 @@ def park(args) -> None:
 
 
 def unpark(args) -> None:
-    for dirpath, dirnames, files in os.walk(PARKED):
-        rel = os.path.relpath(dirpath, PARKED)
+    for dirpath, dirnames, files in os.walk(args.parked):
+        rel = os.path.relpath(dirpath, args.parked)
         if rel.endswith("_checkpoint"):
+            if os.path.exists(os.path.join(args.root, rel)):
+                raise SystemExit(f"{rel} exists in the checkout and is parked too: move one of them yourself")
             dirnames.clear()
             files = []
             shutil.move(dirpath, os.path.join(args.root, rel))
@@ -342,8 +346,10 @@ def main(argv=None):
     la.add_argument("files_at")
     pa = sub.add_parser("park", help="move what a call does not need out of the checkout")
     pa.add_argument("what", choices=sorted(PARK_SETS))
-    sub.add_parser("unpark", help="move parked files back")
-    for p in (r, la, pa, sub.choices["unpark"]):
+    un = sub.add_parser("unpark", help="move parked files back")
+    for p in (pa, un):
+        p.add_argument("--parked", default=PARKED, help="where parked files wait")
+    for p in (r, la, pa, un):
         p.add_argument("--size", default="wan480")
         p.add_argument("--root", default=REPO, help="the checkout (tests point it elsewhere)")
     args = ap.parse_args(argv)
