@@ -46,6 +46,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
 
+import ys_checkpoint as ckpt  # noqa: E402
 from ys_sizes import size_named  # noqa: E402
 
 # the first leg's plan (recorded in the checkpoint; later legs take it from there). Short clips
@@ -83,14 +84,10 @@ def step_of(folder: str) -> int:
 
 def replace_folder(src: str, dst: str) -> None:
     """Copy ``src`` over ``dst`` whole: a copy beside it, then renames."""
-    tmp, old = dst + ".partial", dst + ".old"
+    tmp = dst + ".partial"
     shutil.rmtree(tmp, ignore_errors=True)
     shutil.copytree(src, tmp)
-    shutil.rmtree(old, ignore_errors=True)
-    if os.path.isdir(dst):
-        os.rename(dst, old)
-    os.rename(tmp, dst)
-    shutil.rmtree(old, ignore_errors=True)
+    ckpt.swap_in(tmp, dst)
 
 
 def tensor_digest(path: str) -> str:
