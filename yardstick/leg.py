@@ -162,13 +162,14 @@ def run(args) -> None:
             cmd = [sys.executable, os.path.join(HERE, "census.py"), "--comfyui", args.comfyui, "--size", size.name,
                    "--weights", weights, "--device", args.device, "--results", results,
                    "--work", os.path.join(work, "census_calibration"), "--steps", str(args.census_steps)]
-            if stream(cmd, log):
-                raise SystemExit("census failed: see the log")
-            import census as census_mod
+            if stream(cmd, log):  # the trained steps still come back; the next leg's census counts
+                print("census failed (see the log): this leg's files come back without it", file=log, flush=True)
+            else:
+                import census as census_mod
 
-            with open(os.path.join(results, census_mod.census_name(size.name) + ".json")) as f:
-                census = json.load(f)
-            shutil.copy(os.path.join(results, census_mod.census_name(size.name) + ".png"), args.out)
+                with open(os.path.join(results, census_mod.census_name(size.name) + ".json")) as f:
+                    census = json.load(f)
+                shutil.copy(os.path.join(results, census_mod.census_name(size.name) + ".png"), args.out)
     with open(os.path.join(work, f"{stem(size)}_training.json")) as f:
         training = json.load(f)
     legs_name = f"{stem(size)}_legs.json"
