@@ -142,8 +142,8 @@ def run(args) -> None:
     elif at_committed > at_work:
         replace_folder(committed, work_ckpt)
     if not args.first:
-        print(f"resuming from the {'committed' if at_committed >= at_work else 'warm machine' + chr(39) + 's'} "
-              f"checkpoint at step {max(at_committed, at_work)}", flush=True)
+        source = "committed" if at_committed >= at_work else "warm machine's"
+        print(f"resuming from the {source} checkpoint at step {max(at_committed, at_work)}", flush=True)
     weights = os.path.join(work, size.weights)
     log_path = os.path.join(args.out, f"{stem(size)}_leg_log.txt")
     with open(log_path, "w") as log:
