@@ -201,7 +201,8 @@ def main():
     # 1. calibration on the calibration prompts only
     work = args.work or os.path.join(args.out, "calibration")
     t0 = time.perf_counter()
-    stats, calib_seconds = reused_statistics(work, f"yardstick-{size.name}") if args.reuse_calibration else (None, None)
+    calib_seconds = None
+    stats = common.saved_statistics(work, f"yardstick-{size.name}") if args.reuse_calibration else None
     if stats is None:
         shutil.rmtree(work, ignore_errors=True)
         result = common.calibrate(patcher, work, name=f"yardstick-{size.name}", classes=common.CALIB_CLASSES,
@@ -338,8 +339,8 @@ def main():
               "core_start_percent_0.2_dense_steps": core_default_dense_steps,
               "held_out": [list(r) for r in runs], "calibration": {
                   "prompts": list(common.CALIB_CLASSES), "seed": 100, "probe_steps": stats.probe_steps.tolist(),
-                  "query_fraction": args.query_fraction, "menu": "wide", "seconds": None if calib_seconds is None else round(calib_seconds, 1),
-                  "reused": bool(args.reuse_calibration and calib_seconds is None),
+                  "query_fraction": args.query_fraction, "menu": "wide",
+                  "seconds": None if calib_seconds is None else round(calib_seconds, 1), "reused": calib_seconds is None,
                   "cost_source": stats.cost_source},
               "plans": {k: {"density": d, "modes": p.density_summary(), "ranges": p.describe_step_ranges(),
                             "plan": plan_to_dict(p)} for k, (p, d) in plans.items()},
@@ -361,15 +362,6 @@ def main():
     except ImportError as error:
         print(f"no pictures: {error}")
     print_table(report)
-
-
-def reused_statistics(folder: str, name: str):
-    """(statistics, None) saved in ``folder`` by an earlier part, or (None, None)."""
-    from sparse_vdit.integration.calibrate import STATS_SUFFIX
-    from sparse_vdit.plans.statistics import load_statistics
-
-    path = os.path.join(folder, name + STATS_SUFFIX)
-    return (load_statistics(path), None) if os.path.exists(path) else (None, None)
 
 
 def print_table(report: dict) -> None:

@@ -80,13 +80,17 @@ def saved_or_calibrated(patcher, folder: str, name: str, **kwargs):
     """The statistics `name` saved in `folder` by an earlier calibrate(), or a
     new calibration (kwargs as calibrate's). Saved ones are reused as they
     are: delete them after changing what calibration records."""
+    stats = saved_statistics(folder, name)
+    return stats if stats is not None else calibrate(patcher, folder, name=name, **kwargs).statistics
+
+
+def saved_statistics(folder: str, name: str):
+    """The statistics `name` an earlier calibrate() saved in `folder`, or None."""
     from sparse_vdit.integration.calibrate import STATS_SUFFIX
     from sparse_vdit.plans.statistics import load_statistics
 
     path = os.path.join(folder, name + STATS_SUFFIX)
-    if os.path.exists(path):
-        return load_statistics(path)
-    return calibrate(patcher, folder, name=name, **kwargs).statistics
+    return load_statistics(path) if os.path.exists(path) else None
 
 
 def psnr(x: torch.Tensor, ref: torch.Tensor, peak_to_peak: float = 2.0) -> torch.Tensor:
