@@ -20,7 +20,8 @@ def test_head_to_head_smoke_run(comfy, tmp_path):
 
     env = {**os.environ, "COMFYUI_PATH": comfy_harness.comfyui_path()}
     cmd = [sys.executable, os.path.join(REPO, "yardstick", "head_to_head.py"), "--size", "tiny", "--device", "cpu",
-           "--steps", "4", "--seeds", "1", "--prompts", "4", "--targets", "2", "--paper-menu-targets", "2", "--probe-steps", "2", "--out", str(out)]
+           "--steps", "4", "--seeds", "1", "--prompts", "4", "--targets", "2", "--paper-menu-targets", "2", "--probe-steps", "2",
+           "--out", str(out)]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     report = json.loads((out / "head_to_head.json").read_text())
@@ -57,3 +58,47 @@ def test_kernel_time_counts_only_kernels_inside_the_ranges():
               event("sparse", 200, 300), event("k4", 200, 210), event("sparse", 400, 500), event("k5", 450, 470),
               event("warm", 0, 100, DeviceType.CPU), event("cpu op", 10, 30, DeviceType.CPU)]
     assert h2h.kernel_time_in_ranges(events, ("warm", "sparse")) == (0.07, 0.03)
+
+
+def test_head_to_head_at_wan480_recipe_in_parts_and_merged(comfy, tmp_path):
+    """The wan480 path at its CPU size: a 4-bit model file, two parts (the
+    second reusing the first's calibration, as on a warm machine), merged."""
+    import comfy_harness
+    import torch
+    import ys_model
+    from ys_sizes import WAN480_TINY
+
+    model = ys_model.build_model(size=WAN480_TINY, seed=3)
+    with torch.no_grad():  # the output head starts at zero: give the smoke model an output
+        model.head.head.weight.normal_(0, 0.05, generator=torch.Generator().manual_seed(4))
+    weights = str(tmp_path / "w.safetensors")
+    ys_model.save_weights(model, weights, quant="int4")
+    env = {**os.environ, "COMFYUI_PATH": comfy_harness.comfyui_path()}
+    base = [sys.executable, os.path.join(REPO, "yardstick", "head_to_head.py"), "--size", "wan480-tiny", "--weights",
+            weights, "--device", "cpu", "--steps", "4", "--seeds", "1", "--prompts", "4", "--targets", "2",
+            "--probe-steps", "2", "--work", str(tmp_path / "calibration")]
+
+    def run(*extra):
+        done = subprocess.run([*base, *extra], env=env, capture_output=True, text=True, timeout=900)
+        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+        return done.stdout
+
+    run("--families", "ours", "--out", str(tmp_path / "a"))
+    assert "calibration statistics reused" in run("--families", "static", "--reuse-calibration", "--out",
+                                                  str(tmp_path / "b"))
+    for part in ("a", "b"):
+        assert len(os.listdir(tmp_path / part)) <= 7  # with the log, within a call's 8 files
+    merged = subprocess.run([sys.executable, os.path.join(REPO, "yardstick", "head_to_head.py"), "--merge",
+                             str(tmp_path / "a" / "head_to_head.json"), str(tmp_path / "b" / "head_to_head.json"),
+                             "--out", str(tmp_path / "m")], env=env, capture_output=True, text=True, timeout=300)
+    assert merged.returncode == 0, merged.stderr[-3000:]
+    report = json.loads((tmp_path / "m" / "head_to_head.json").read_text())
+    names = [r["name"] for r in report["results"]]
+    assert names[:3] == ["dense", "ours 2x", "ours 2x ranges"] and names[3] == "dense (part 2)"
+    assert any(n.startswith("radial") for n in names) and any(n.startswith("window") for n in names)
+    assert report["tokens"] == 3 * 8 * 12 and report["families"] == ["ours", "static"]
+    for row in report["results"]:
+        if not row["family"].startswith("dense"):
+            assert 0 < row["psnr_mean"] < 100 and row["attention_speedup"] > 0, row
+    assert "| ours 2x |" in (tmp_path / "m" / "head_to_head.md").read_text()
+    assert "PSNR" in merged.stdout.splitlines()[-len(names) - 1]  # the table is printed last

@@ -96,3 +96,33 @@ def test_video_yardstick_loads_through_comfyui_and_records_its_training(comfy):
         empty = net(x, torch.tensor([500.0]), torch.zeros_like(context))
     assert out.shape == x.shape and torch.isfinite(out).all()
     assert float((out - empty).abs().mean()) > 1e-3  # the prompt matters
+
+
+def test_wan480_shapes_are_detected_as_wan21_with_4_heads_of_128(comfy):
+    """ComfyUI's detection reads the wan480 size from its weights' shapes:
+    Wan2.1 t2v, dim 512 -> 4 heads of 128, 8 layers, ffn 512. Once a leg has
+    landed, the committed 4-bit file loads through ComfyUI's loader as that
+    model and records its training."""
+    import comfy.ldm.wan.model as wan
+    import comfy.model_detection as detection
+    import comfy.ops
+    import ys_model as ymodel
+    from ys_sizes import WAN480
+
+    with torch.device("meta"):
+        net = wan.WanModel(**WAN480.config, operations=comfy.ops.disable_weight_init)
+    config = detection.detect_unet_config(net.state_dict(), "")
+    assert config["image_model"] == "wan2.1" and config["model_type"] == "t2v"
+    assert (config["dim"], config["num_heads"], config["num_layers"], config["ffn_dim"]) == (512, 4, 8, 512)
+    assert sum(p.numel() for p in net.parameters()) == 25_459_264
+    path = ymodel.weights_path(WAN480)
+    landed = os.path.isdir(os.path.join(REPO, "yardstick", "wan480_checkpoint"))
+    assert os.path.exists(path) == landed  # a landed leg brings both; before the first, neither
+    if not landed:
+        return
+    assert os.path.getsize(path) <= 16 * 10 ** 6
+    meta = ymodel.load_metadata(path)
+    assert meta["size"] == "wan480" and meta["steps"] > 0 and meta["args"]["optimizer"] == "factored"
+    own = ymodel.load_patcher(path).model.diffusion_model.state_dict()
+    sd = ymodel.load_state_dict(path)
+    assert torch.equal(own["blocks.7.self_attn.q.weight"].float(), sd["blocks.7.self_attn.q.weight"].float())

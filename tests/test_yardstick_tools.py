@@ -11,7 +11,9 @@ sys.path.insert(0, os.path.join(REPO, "yardstick"))
 
 import static_masks  # noqa: E402
 import ys_checkpoint as ckpt  # noqa: E402
-from ys_sizes import SIZES, TINY, VIDEO, size_named  # noqa: E402
+import ys_data  # noqa: E402
+import ys_quant  # noqa: E402
+from ys_sizes import SIZES, TINY, VIDEO, WAN480, size_named  # noqa: E402
 
 from sparse_vdit.patterns import Diagonal, Geometry, build_block_table, pattern_block_mask, table_from_block_mask  # noqa: E402
 
@@ -22,6 +24,8 @@ def test_sizes_meet_the_head_to_head_brief():
     for size in SIZES.values():
         assert size.config["dim"] // size.config["num_heads"] == 128
     assert TINY.tokens == 2048
+    assert WAN480.latent == (21, 60, 104) and WAN480.tokens == 32760 and WAN480.tokens // 21 == 1560
+    assert WAN480.config["num_heads"] >= 4 and WAN480.config["num_layers"] >= 8
     with pytest.raises(ValueError, match="unknown yardstick size"):
         size_named("huge")
 
@@ -106,3 +110,55 @@ def test_table_from_block_mask_equals_the_pattern_table():
         table_from_block_mask(masks.int(), (0, 2), geometry.seq_len, 16, 8)
     with pytest.raises(ValueError, match="block mask must be bool"):
         table_from_block_mask(masks[:1], (0, 2), geometry.seq_len, 16, 8)
+
+
+def test_int4_weights_round_trip_within_half_a_step(tmp_path):
+    g = torch.Generator().manual_seed(1)
+    sd = {"blocks.0.ffn.0.weight": torch.randn(300, 250, generator=g),   # cols not a multiple of the group
+          "blocks.0.self_attn.q.weight": torch.randn(256, 256, generator=g) * 1e-3,
+          "head.head.weight": torch.randn(64, 1100, generator=g),           # the output head stays fp16
+          "blocks.0.modulation": torch.randn(1, 6, 256, generator=g), "blocks.0.ffn.0.bias": torch.randn(300, generator=g)}
+    sd["blocks.0.ffn.0.weight"][3, :40] = 0.0  # an all-zero group
+    path = str(tmp_path / "w.safetensors")
+    ys_quant.save_quantized(sd, path, {"note": 1})
+    assert ys_quant.is_quantized(path)
+    back = ys_quant.load_dequantized(path)
+    assert set(back) == set(sd)
+    for name, w in sd.items():
+        assert back[name].shape == w.shape, name
+        if ys_quant.quantized(name, w):
+            step = w.abs().view(w.shape[0], -1)  # per group of 32: error <= half the group's step (max / 7 / 2)
+            cols = w.shape[1]
+            pad = torch.nn.functional.pad(step, (0, -cols % 32)).view(w.shape[0], -1, 32).amax(-1)
+            bound = (pad / 7 / 2 * 1.01 + 1e-8).repeat_interleave(32, 1)[:, :cols]
+            assert ((back[name] - w).abs() <= bound).all(), name
+            assert (back[name] - w).abs().max() > 0  # it was quantised
+        else:
+            assert torch.equal(back[name], w.half()), name
+    assert torch.equal(back["blocks.0.ffn.0.weight"][3, :32], torch.zeros(32))
+    assert os.path.getsize(path) < ys_quant.stored_bytes(sd) + 4096
+
+
+def test_wan480_weights_fit_16_mb_in_4_bits():
+    # parameter count of WanModel at this config, from the shapes alone (no ComfyUI needed)
+    c = WAN480.config
+    d, f, layers = c["dim"], c["ffn_dim"], c["num_layers"]
+    per_block = 8 * (d * d + d) + 2 * (d * f) + f + d + 4 * d + 2 * d + 6 * d  # attn x2, ffn, norms, modulation
+    rest = c["text_dim"] * d + d + d * d + d + c["freq_dim"] * d + d + d * d + d + d * 6 * d + 6 * d \
+        + 16 * 4 * d + d + d * 64 + 64 + 2 * d
+    assert layers * per_block + rest == 25_459_264
+    assert 8 * (layers * per_block + rest) / 8 > 16e6  # 8 bits cannot fit: 4 bits it is
+    shapes = {"text_embedding.0.weight": (d, c["text_dim"]), "time_projection.1.weight": (6 * d, d)}
+    assert ys_quant.stored_bytes({k: torch.empty(s) for k, s in shapes.items()}) < 2.2e6
+
+
+def test_scenes_are_deterministic_bounded_and_move():
+    a = ys_data.make_videos("scenes", [0, 2, 4], seed=5, latent=(5, 20, 36))
+    b = ys_data.make_videos("scenes", [0, 2, 4], seed=5, latent=(5, 20, 36))
+    c = ys_data.make_videos("scenes", [0, 2, 4], seed=6, latent=(5, 20, 36))
+    assert a.shape == (3, 16, 5, 20, 36) and torch.equal(a, b) and not torch.equal(a, c)
+    assert a.abs().max() < 1 and a.std() > 0.2
+    motion = (a[:, :, 1:] - a[:, :, :-1]).abs().mean((1, 2, 3, 4))
+    assert (motion > 0.01).all()
+    with pytest.raises(ValueError, match="unknown yardstick data"):
+        ys_data.make_videos("noise", [0], seed=0)

@@ -16,6 +16,10 @@ Writes benchmarks/results/yardstick_census.json and .png, and keeps the
 statistics (for quality.py) in --work.
 
     COMFYUI_PATH=/path/to/ComfyUI python yardstick/census.py [--work DIR]
+    python yardstick/census.py --size wan480 --device cuda --results DIR   (on a GPU; cfg 3)
+
+Other sizes write benchmarks/results/yardstick_SIZE_census.{json,png}
+(--results moves them) and record the share of full heads.
 """
 from __future__ import annotations
 
@@ -26,6 +30,8 @@ import os
 import torch
 
 import ys_common as common
+import ys_model as ymodel
+from ys_sizes import size_named
 
 MODE_OF = {"skip": "near-zero", "diagonal": "diagonal", "multi_diagonal": "multi-diagonal",
            "vertical_stripe": "stripe", "window_3d": "3-D window", "routed": "routed"}
@@ -67,28 +73,54 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--comfyui", default=None)
     ap.add_argument("--work", default="/tmp/yardstick_work")
+    ap.add_argument("--size", default="tiny", help="the yardstick size (ys_sizes.py)")
+    ap.add_argument("--weights", default=None, help="the model file (default: the size's committed one)")
+    ap.add_argument("--device", default="cpu", help="cpu (reference kernels) or cuda")
+    ap.add_argument("--cfg", type=float, default=None, help="default: 1 for tiny (no unconditional training), else 3")
+    ap.add_argument("--results", default=common.RESULTS, help="folder for the census json and png")
+    ap.add_argument("--steps", type=int, default=common.STEPS)
     args = ap.parse_args()
-    patcher = common.setup(args.comfyui)
+    size = size_named(args.size)
+    cfg = args.cfg if args.cfg is not None else (common.CFG if size.name == "tiny" else 3.0)
+    weights = args.weights or ymodel.weights_path(size)
+    patcher = common.setup(args.comfyui, weights, args.device)
     torch.manual_seed(0)
-    result = common.calibrate(patcher, args.work, name="yardstick")
+    name = "yardstick" if size.name == "tiny" else f"yardstick-{size.name}"  # quality.py reuses the first
+    result = common.calibrate(patcher, args.work, name=name, steps=args.steps, size=size, cfg=cfg)
     stats = result.statistics
     out = census(stats)
-    out.update(model="yardstick/wan_tiny_yardstick.safetensors", geometry=stats.geometry.to_dict(),
-               calibration={"prompts": list(common.CALIB_CLASSES), "steps": common.STEPS, "sampler": common.SAMPLER,
-                            "scheduler": common.SCHEDULER, "cfg": common.CFG, "probe_steps": stats.probe_steps.tolist(),
-                            "query_fraction": 0.5, "menu": "wide", "seconds": round(result.seconds, 1)},
-               candidates=[c.label for c in stats.candidates], cost_block_share=stats.cost.tolist())
-    os.makedirs(common.RESULTS, exist_ok=True)
-    with open(os.path.join(common.RESULTS, "yardstick_census.json"), "w") as f:
+    out.update(model=os.path.relpath(weights, common.REPO), size=size.name, tokens=size.tokens,
+               geometry=stats.geometry.to_dict(),
+               calibration={"prompts": list(common.CALIB_CLASSES), "steps": args.steps, "sampler": common.SAMPLER,
+                            "scheduler": common.SCHEDULER, "cfg": cfg, "probe_steps": stats.probe_steps.tolist(),
+                            "query_fraction": 0.5, "menu": "wide", "seconds": round(result.seconds, 1),
+                            "device": args.device, "cost_source": stats.cost_source},
+               full_share=full_share(out), candidates=[c.label for c in stats.candidates],
+               cost_block_share=stats.cost.tolist())
+    os.makedirs(args.results, exist_ok=True)
+    stem = os.path.join(args.results, census_name(size.name))
+    with open(stem + ".json", "w") as f:
         json.dump(out, f, indent=1)
     from sparse_vdit.plans.preview import render_plan
 
     image = render_plan(result.plan, stats, thumbs_per_mode=4)
-    image.save(os.path.join(common.RESULTS, "yardstick_census.png"))
-    print(json.dumps({"totals": out["totals"], "per_layer": out["per_layer"], "seconds": result.seconds}))
+    image.save(stem + ".png")
+    print(json.dumps({"totals": out["totals"], "full_share": out["full_share"], "per_layer": out["per_layer"],
+                      "seconds": result.seconds}))
     for h in out["heads"]:
         print(h["layer"], h["head"], h["class"], h["chosen"], h["chosen_error"],
               {m: (b["candidate"], b["error"]) for m, b in h["best_per_mode"].items()})
+
+
+def census_name(size_name: str) -> str:
+    """File stem of a size's census (the tiny model's keeps its first name)."""
+    return "yardstick_census" if size_name == "tiny" else f"yardstick_{size_name}_census"
+
+
+def full_share(result: dict) -> float:
+    """Share of heads the rule keeps dense (the wan480 goal: at most 0.4)."""
+    totals = result["totals"]
+    return totals.get("dense", 0) / sum(totals.values())
 
 
 if __name__ == "__main__":

@@ -88,7 +88,7 @@ def plot(report: dict, path: str) -> None:
 def panel(report: dict, key: str, x_label: str, legend: bool, width: int = 900, height: int = 700):
     from PIL import Image, ImageDraw
 
-    rows = [r for r in report["results"] if r["family"] != "dense"]
+    rows = [r for r in report["results"] if not r["family"].startswith("dense")]  # dense: the line (each part's)
     dense = next(r for r in report["results"] if r["family"] == "dense")
     left, right, top, bottom = 80, 230 if legend else 40, 50, 60
     xs = [r[key] for r in rows] + [dense[key]]
@@ -152,8 +152,8 @@ def markdown(report: dict) -> str:
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in report["results"]:
         density = "" if r.get("density") is None else f"{r['density']:.3f}"
-        psnr = "ref" if r["family"] == "dense" else f"{r['psnr_mean']:.2f}"
-        worst = "" if r["family"] == "dense" else f"{r['psnr_worst']:.2f}"
+        psnr = "ref" if r["family"].startswith("dense") else f"{r['psnr_mean']:.2f}"
+        worst = "" if r["family"].startswith("dense") else f"{r['psnr_worst']:.2f}"
         lines.append(f"| {r['name']} | {density} | {r.get('kernel_ms_per_step', 0):.3f} | {r.get('kernel_speedup', 0):.2f} "
                      f"| {r.get('kernel_speedup_sparse_steps', 0):.2f} | {r['attention_ms_per_step']:.3f} "
                      f"| {r['attention_speedup']:.2f} | {r['step_ms']:.1f} | {psnr} | {worst} | {r['ssim_mean']:.3f} |")

@@ -28,7 +28,18 @@ step time, peak memory, PSNR / SSIM against dense per (prompt, seed) on the
 latents (mean and worst), and one picture strip.
 
     python yardstick/head_to_head.py --comfyui PATH --kitchen PATH --out DIR
+    python yardstick/head_to_head.py --size wan480 ...        (32,760 tokens; its protocol below)
     python yardstick/head_to_head.py --size tiny --device cpu --steps 3 ...   (a CPU smoke run)
+
+--size picks the yardstick (video: 13,312 tokens; wan480: Wan2.1 480p's
+32,760) and its protocol (wan480: ours at 1.25-4x, 8-bit at 2x). Where one
+device call cannot hold every method, --families runs a part (dense always
+runs: every part has its own baseline), --work keeps the calibration on the
+machine for the next part (--reuse-calibration), and --merge joins the
+parts' reports into one (each row keeps the speedups against its own part's
+dense run; both dense runs are listed) and prints the table last:
+
+    python yardstick/head_to_head.py --merge A/head_to_head.json B/head_to_head.json --out DIR
 
 Prints its table last; writes DIR/head_to_head.json and .md, the picture
 DIR/quality_vs_time.png, DIR/head_to_head_strips.png, the census picture and
@@ -59,6 +70,13 @@ EXTRA_TOKENS = 256       # core node's extra_tokens default
 CORE_MIN_TOKENS = 12288  # core node's min_tokens default
 SOL_TAUS = (1.0, 1.3, 1.6, 2.0)
 SLA_KEEP = (10.0, 20.0, 30.0)
+# per size: our targets (each with one step range and with "auto" ranges) and the 8-bit ones
+PROTOCOL = {"wan480": {"targets": "1.25,1.5,2,2.5,3,4", "targets_8bit": "2"}}
+DEFAULT_PROTOCOL = {"targets": "1.1,1.25,1.5,2,2.5,3", "targets_8bit": "2,3"}
+# --families names -> the rows' families
+FAMILIES = {"floor": ("noise floor",), "ours": ("ours bf16",), "paper": ("ours bf16 paper menu",),
+            "8bit": ("ours 8-bit",), "sol": ("core sol-attn",),
+            "sla": ("core sla",), "static": ("static radial", "static window"), "composition": ("ours + core sol-attn",)}
 
 
 def sol_kernel(kitchen, tau: float = 1.3, keep_percent: float = 0.0):
@@ -120,21 +138,32 @@ def main():
     ap.add_argument("--weights", default=None, help="the yardstick weights (default: the committed file)")
     ap.add_argument("--size", default="video")
     ap.add_argument("--out", required=True)
+    ap.add_argument("--families", default="all", help=f"all, or some of {','.join(FAMILIES)} (dense always runs)")
+    ap.add_argument("--work", default=None, help="calibration folder (default OUT/calibration)")
+    ap.add_argument("--reuse-calibration", action="store_true", help="use the statistics saved in --work")
+    ap.add_argument("--merge", nargs="+", default=None, help="join these head_to_head.json parts into --out")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--steps", type=int, default=common.STEPS)
     ap.add_argument("--seeds", type=int, default=2, help="seeds per held-out prompt")
     ap.add_argument("--prompts", default="4,5,6,7")
-    ap.add_argument("--targets", default="1.1,1.25,1.5,2,2.5,3")
-    ap.add_argument("--targets-8bit", default="2,3")
+    ap.add_argument("--targets", default=None, help="default: the size's protocol")
+    ap.add_argument("--targets-8bit", default=None, help="default: the size's protocol")
     ap.add_argument("--paper-menu-targets", default="1.5,2,3",
                     help="targets also solved with the paper's modes only (no 3-D windows, no routed heads), "
                          "from the same calibration: what the newer modes add")
-    ap.add_argument("--skip", default="", help="comma-separated families to leave out (e.g. 'core sla,static')")
     ap.add_argument("--probe-steps", type=int, default=5)
     ap.add_argument("--query-fraction", type=float, default=1.0)
     args = ap.parse_args()
-
+    if args.merge:
+        return merge(args.merge, args.out)
     size = size_named(args.size)
+    for key, value in PROTOCOL.get(size.name, DEFAULT_PROTOCOL).items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    wanted = set(FAMILIES) if args.families == "all" else set(args.families.split(","))
+    if wanted - set(FAMILIES):
+        raise SystemExit(f"--families: unknown {sorted(wanted - set(FAMILIES))}; pick from {list(FAMILIES)}")
+    families = {"dense"} | {f for w in wanted for f in FAMILIES[w]}
     device = torch.device(args.device)
     ymodel.import_comfy(args.comfyui, cpu=device.type == "cpu")
     import comfy.samplers
@@ -176,15 +205,20 @@ def main():
     timer = AttentionTimer(sigmas, device, first_sparse)
 
     # 1. calibration on the calibration prompts only
-    work = os.path.join(args.out, "calibration")
-    shutil.rmtree(work, ignore_errors=True)
+    work = args.work or os.path.join(args.out, "calibration")
     t0 = time.perf_counter()
-    result = common.calibrate(patcher, work, name=f"yardstick-{size.name}", classes=common.CALIB_CLASSES, seed=100,
-                              steps=args.steps, probe_steps=args.probe_steps, query_fraction=args.query_fraction,
-                              menu="wide", size=size, cfg=CFG)
-    calib_seconds = time.perf_counter() - t0
-    stats = result.statistics
-    print(f"calibrated in {calib_seconds:.1f}s, cost source {stats.cost_source}", flush=True)
+    calib_seconds = None
+    stats = common.saved_statistics(work, f"yardstick-{size.name}") if args.reuse_calibration else None
+    if stats is None:
+        shutil.rmtree(work, ignore_errors=True)
+        result = common.calibrate(patcher, work, name=f"yardstick-{size.name}", classes=common.CALIB_CLASSES,
+                                  seed=100, steps=args.steps, probe_steps=args.probe_steps,
+                                  query_fraction=args.query_fraction, menu="wide", size=size, cfg=CFG)
+        calib_seconds = time.perf_counter() - t0
+        stats = result.statistics
+        print(f"calibrated in {calib_seconds:.1f}s, cost source {stats.cost_source}", flush=True)
+    else:
+        print(f"calibration statistics reused from {work}, cost source {stats.cost_source}", flush=True)
 
     configs = [("dense", "dense", "", lambda: patcher, None)]
     plans = {}
@@ -240,7 +274,7 @@ def main():
                                                          sigma_start)[0], 1.0))
     statics = {}
     for target in (1.5, 2.0):  # static masks at the densities of two mid-range plans
-        if f"ours {target:g}x" not in plans:
+        if f"ours {target:g}x" not in plans or "static radial" not in families:
             continue
         density = plans[f"ours {target:g}x"][1]
         for kind in ("radial", "window"):
@@ -252,8 +286,7 @@ def main():
                             (lambda t=table: apply_core_sparse_standin(patcher, head_dim, 0, static_kernel(t, backend),
                                                                        sigma_start)[0]), setting["density"]))
 
-    skipped = tuple(f.strip() for f in args.skip.split(",") if f.strip())
-    configs = [c for c in configs if not c[1].startswith(skipped)] if skipped else configs
+    configs = [c for c in configs if c[1] in families]
 
     def generate(model, prompt, seed):
         return common.generate(model, [prompt], seed=seed, steps=args.steps, size=size, cfg=CFG)
@@ -320,12 +353,13 @@ def main():
               "core_start_percent_0.2_dense_steps": core_default_dense_steps,
               "held_out": [list(r) for r in runs], "calibration": {
                   "prompts": list(common.CALIB_CLASSES), "seed": 100, "probe_steps": stats.probe_steps.tolist(),
-                  "query_fraction": args.query_fraction, "menu": "wide", "seconds": round(calib_seconds, 1),
+                  "query_fraction": args.query_fraction, "menu": "wide",
+                  "seconds": None if calib_seconds is None else round(calib_seconds, 1), "reused": calib_seconds is None,
                   "cost_source": stats.cost_source},
               "plans": {k: {"density": d, "modes": p.density_summary(), "ranges": p.describe_step_ranges(),
                             "plan": plan_to_dict(p)} for k, (p, d) in plans.items()},
               "static_settings": {f"{k} {t:g}x": v for (k, t), v in statics.items()},
-              "census": census(stats), "results": rows}
+              "census": census(stats), "families": sorted(wanted), "results": rows}
     with open(os.path.join(args.out, "head_to_head.json"), "w") as f:
         json.dump(report, f, indent=1)
     try:
@@ -341,14 +375,55 @@ def main():
         render_plan(census_plan, stats, thumbs_per_mode=4).save(os.path.join(args.out, f"yardstick_{size.name}_census.png"))
     except ImportError as error:
         print(f"no pictures: {error}")
-    print(f"\n{report['env']}\n{size.name} yardstick, {size.tokens} tokens, B=2 (cfg {CFG}), {args.steps} steps, "
-          f"first {first_sparse} dense; held-out {len(runs)} runs")
+    print_table(report)
+
+
+def print_table(report: dict) -> None:
+    env = report["env"]
+    print(f"\n{env}\n{report['size']} yardstick, {report['tokens']} tokens, B=2 (cfg {report['cfg']:g}), "
+          f"{report['steps']} steps, first {report['dense_warmup_steps']} dense; held-out {len(report['held_out'])} runs")
     print(f"{'config':28s} {'density':>7s} {'step ms':>8s} {'attn ms':>8s} {'attn x':>6s} {'sparse x':>8s} "
           f"{'PSNR':>6s} {'worst':>6s} {'SSIM':>6s} {'GiB':>5s}")
-    for r in rows:
+    for r in report["results"]:
         print(f"{r['name']:28s} {(r['density'] or 0):7.3f} {r['step_ms']:8.2f} {r['attention_ms_per_step']:8.3f} "
               f"{r['attention_speedup']:6.2f} {r['attention_speedup_sparse_steps']:8.2f} {min(r['psnr_mean'], 999):6.2f} "
               f"{min(r['psnr_worst'], 999):6.2f} {r['ssim_mean']:6.4f} {(r['peak_memory_gib'] or 0):5.2f}")
+
+
+def merge(paths: list[str], out: str) -> None:
+    """One report from parts of a head-to-head (same size, protocol, plans): the
+    first part's dense row leads, the other parts' dense rows follow as
+    "dense (part N)", and each row keeps the speedups against its own part's
+    dense run (same machine, another call)."""
+    parts = []
+    for p in paths:
+        with open(p) as f:
+            parts.append(json.load(f))
+    base = parts[0]
+    for i, part in enumerate(parts[1:], 2):
+        for key in ("size", "tokens", "steps", "cfg", "held_out", "dense_warmup_steps"):
+            if part[key] != base[key]:
+                raise SystemExit(f"--merge: part {i} differs in {key}: {part[key]} vs {base[key]}")
+        if part["plans"].keys() != base["plans"].keys() or any(
+                part["plans"][k]["plan"] != base["plans"][k]["plan"] for k in base["plans"]):
+            print(f"--merge: part {i} solved different plans (calibrated again?); its rows keep its own plans")
+    rows = []
+    for i, part in enumerate(parts, 1):
+        for r in part["results"]:
+            if r["family"] == "dense" and i > 1:
+                r = {**r, "name": f"dense (part {i})", "family": "dense, other part"}
+            rows.append({**r, "part": i})
+    report = {**base, "results": rows, "families": sorted({f for p in parts for f in p.get("families", [])}),
+              "parts": [{"file": p, "env": part["env"], "families": part.get("families")} for p, part in zip(paths, parts)]}
+    os.makedirs(out, exist_ok=True)
+    with open(os.path.join(out, "head_to_head.json"), "w") as f:
+        json.dump(report, f, indent=1)
+    from h2h_plot import markdown, plot
+
+    plot(report, os.path.join(out, "quality_vs_time.png"))
+    with open(os.path.join(out, "head_to_head.md"), "w") as f:
+        f.write(markdown(report))
+    print_table(report)
 
 
 if __name__ == "__main__":

@@ -35,7 +35,7 @@ def save_checkpoint(folder: str, tensors: dict[str, torch.Tensor], info: dict, l
     tensor data plus its small header."""
     from safetensors.torch import save_file
 
-    tmp, old = folder + ".partial", folder + ".old"
+    tmp = folder + ".partial"
     shutil.rmtree(tmp, ignore_errors=True)
     os.makedirs(tmp)
     shapes = {name: [list(t.shape), str(t.dtype).removeprefix("torch.")] for name, t in tensors.items()}
@@ -62,12 +62,20 @@ def save_checkpoint(folder: str, tensors: dict[str, torch.Tensor], info: dict, l
              "pieces": {name: shards[i] for name, i in where.items()}}
     with open(os.path.join(tmp, INDEX), "w") as f:
         json.dump(index, f)
+    swap_in(tmp, folder)
+    return [os.path.join(folder, s) for s in shards]
+
+
+def swap_in(ready: str, folder: str) -> None:
+    """Replace ``folder`` by the complete folder ``ready`` with renames: an
+    interruption leaves the old folder or the new one (or the old one beside
+    as ``folder.old``), never a half-written one."""
+    old = folder + ".old"
     shutil.rmtree(old, ignore_errors=True)
     if os.path.isdir(folder):
         os.rename(folder, old)
-    os.rename(tmp, folder)
+    os.rename(ready, folder)
     shutil.rmtree(old, ignore_errors=True)
-    return [os.path.join(folder, s) for s in shards]
 
 
 def load_checkpoint(folder: str) -> tuple[dict[str, torch.Tensor], dict]:

@@ -26,10 +26,12 @@ STEPS, SAMPLER, SCHEDULER, CFG = 20, "euler", "simple", 1.0
 WARMUP = 0.2  # dense warm-up share of the steps (the pack's default)
 
 
-def setup(comfyui: str | None = None):
-    """Import ComfyUI (CPU) and load the committed model through ComfyUI's loader."""
-    ymodel.import_comfy(comfyui, cpu=True)
-    return ymodel.load_patcher()
+def setup(comfyui: str | None = None, weights: str | None = None, device: str = "cpu"):
+    """Import ComfyUI and load a model (default: the committed tiny one) through
+    ComfyUI's loader; fp32 on the CPU, bf16 on a GPU."""
+    cpu = torch.device(device).type == "cpu"
+    ymodel.import_comfy(comfyui, cpu=cpu)
+    return ymodel.load_patcher(weights or ymodel.WEIGHTS, dtype=torch.float32 if cpu else torch.bfloat16)
 
 
 def conds(classes, size: YardstickSize = TINY):
@@ -78,13 +80,17 @@ def saved_or_calibrated(patcher, folder: str, name: str, **kwargs):
     """The statistics `name` saved in `folder` by an earlier calibrate(), or a
     new calibration (kwargs as calibrate's). Saved ones are reused as they
     are: delete them after changing what calibration records."""
+    stats = saved_statistics(folder, name)
+    return stats if stats is not None else calibrate(patcher, folder, name=name, **kwargs).statistics
+
+
+def saved_statistics(folder: str, name: str):
+    """The statistics `name` an earlier calibrate() saved in `folder`, or None."""
     from sparse_vdit.integration.calibrate import STATS_SUFFIX
     from sparse_vdit.plans.statistics import load_statistics
 
     path = os.path.join(folder, name + STATS_SUFFIX)
-    if os.path.exists(path):
-        return load_statistics(path)
-    return calibrate(patcher, folder, name=name, **kwargs).statistics
+    return load_statistics(path) if os.path.exists(path) else None
 
 
 def psnr(x: torch.Tensor, ref: torch.Tensor, peak_to_peak: float = 2.0) -> torch.Tensor:

@@ -144,6 +144,17 @@ def make_batch(classes, seed: int, device="cpu", frames: int = FRAMES, height: i
     return out
 
 
+def make_videos(kind: str, classes, seed: int, device="cpu", latent=(FRAMES, HEIGHT, WIDTH)) -> torch.Tensor:
+    """A size's training data (``YardstickSize.data``) at a latent shape (T, H, W)."""
+    if kind == "scenes":
+        import ys_scenes
+
+        return ys_scenes.make_scenes(classes, seed, device, *latent)
+    if kind == "classic":
+        return make_batch(classes, seed, device, *latent)
+    raise ValueError(f"unknown yardstick data {kind!r}")
+
+
 def conditioning(num: int = NUM_CLASSES, text_len: int = 16, text_dim: int = 4096, seed: int = 2024) -> torch.Tensor:
     """Fixed stand-in 'prompt' embeddings [num, text_len, text_dim] (deterministic)."""
     g = torch.Generator().manual_seed(int(seed))

@@ -104,18 +104,34 @@ def param_count(model) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def save_weights(model, path: str, dtype=torch.float16, metadata: dict | None = None) -> None:
-    """Save in ComfyUI's Wan diffusion-model key layout (plain WanModel keys)."""
+def save_weights(model, path: str, dtype=torch.float16, metadata: dict | None = None, quant: str | None = None) -> None:
+    """Save in ComfyUI's Wan diffusion-model key layout (plain WanModel keys);
+    ``quant="int4"``: 4 bits with per-group scales (ys_quant.py)."""
+    if quant == "int4":
+        import ys_quant
+
+        ys_quant.save_quantized(model.state_dict(), path, metadata)
+    elif quant is None:
+        save_state_dict(model.state_dict(), path, dtype, metadata)
+    else:
+        raise ValueError(f"unknown weight storage {quant!r}")
+
+
+def save_state_dict(sd: dict, path: str, dtype=torch.float16, metadata: dict | None = None) -> None:
     from safetensors.torch import save_file
 
-    sd = {k: v.detach().to("cpu", dtype).contiguous() for k, v in model.state_dict().items()}
+    sd = {k: v.detach().to("cpu", dtype).contiguous() for k, v in sd.items()}
     meta = {"format": "pt", "sparse_vdit_yardstick": json.dumps(metadata or {})}
     save_file(sd, path, metadata=meta)
 
 
 def load_state_dict(path: str = WEIGHTS) -> dict:
+    """The model's weights; a 4-bit file (ys_quant.py) comes back dequantised."""
+    import ys_quant
     from safetensors.torch import load_file
 
+    if ys_quant.is_quantized(path):
+        return ys_quant.load_dequantized(path)
     return load_file(path)
 
 
