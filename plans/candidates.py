@@ -66,8 +66,9 @@ MENUS["wide"] = MENUS["standard"] + (
 )
 
 
-# The paper's modes (Sparse-vDiT): what the menu held before 3-D windows and
-# routed heads, kept to measure what the newer modes add (Statistics.with_modes).
+# The paper's modes (Sparse-vDiT). Newer modes (3-D windows, routed heads:
+# issue 23) are measured against a solve restricted to these
+# (Statistics.with_modes), from one calibration.
 PAPER_MODES = ("skip", "diagonal", "multi_diagonal", "vertical_stripe")
 
 
