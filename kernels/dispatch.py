@@ -22,6 +22,7 @@ from typing import Callable, Literal
 import torch
 
 from ..patterns.layer import CompiledLayer
+from . import routing
 from .dense import dense_attention
 from .reference import reference_sparse_attention
 
@@ -215,8 +216,12 @@ def layer_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, compiled:
 
     for a, b in head_runs(compiled.skip_heads):
         out4[:, :, a:b] = 0
+    if compiled.routing:  # routed heads: this call's rows, before any path reads the table
+        routing.route(q4, k4, compiled)
     if eight:
         table = table_with_full_rows(compiled, q.device) if full8 else compiled.table
+        if compiled.routing:
+            routing.copy_routed(compiled, table)
         eight = _attention_8bit(q4, k4, v4, out4, compiled, table, backend)
         full8 = full8 and eight  # on failure everything below runs in bf16
     if compiled.full_heads and not full8:

@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 from ..patterns import DEFAULT_BLOCK_M, DEFAULT_BLOCK_N, Geometry, LayerPattern, compile_layer
+from ..patterns.tables import TABLE_KINDS
 
 
 def rank_heads(order: tuple[int, ...], world: int, rank: int) -> tuple[int, ...]:
@@ -49,7 +50,7 @@ def slice_layer(layer: LayerPattern, heads: tuple[int, ...]) -> LayerPattern:
 @functools.lru_cache(maxsize=4096)
 def _pattern_share(pattern, geometry: Geometry, block_m: int, block_n: int) -> float:
     """Share of (query, key) pairs one head of this pattern computes."""
-    if pattern.kind != "sparse":
+    if pattern.kind not in TABLE_KINDS:
         return 1.0 if pattern.kind == "full" else 0.0
     table = compile_layer(LayerPattern((pattern,)), geometry, "cpu", block_m, block_n).table
     return float(table.computed_pairs()[0]) / float(geometry.seq_len) ** 2
@@ -62,7 +63,7 @@ def head_costs(layer: LayerPattern, geometry: Geometry, sparse_cost: float = 1.0
     0), sparse heads scaled by `sparse_cost` (the sparse kernel's time per
     pair relative to the dense one's, where it was measured), at the block
     sizes the kernels use. Computed once per distinct pattern."""
-    return tuple(_pattern_share(p, geometry, block_m, block_n) * (sparse_cost if p.kind == "sparse" else 1.0)
+    return tuple(_pattern_share(p, geometry, block_m, block_n) * (sparse_cost if p.kind in TABLE_KINDS else 1.0)
                  for p in layer.heads)
 
 

@@ -36,6 +36,9 @@ class Pattern:
         """bool [F*H, F*H]: may query row (t, y) see key row (t', y')."""
         raise NotImplementedError
 
+    # A pattern finer than grid rows (e.g. one that limits columns) defines
+    # block_mask(geometry, block_m, block_n) itself; tables.py then uses it.
+
     def params(self) -> dict:
         return {f.name: getattr(self, f.name) for f in fields(self)}
 

@@ -13,7 +13,8 @@ import torch
 
 from .base import Pattern
 from .geometry import Geometry
-from .tables import DEFAULT_BLOCK_M, DEFAULT_BLOCK_N, BlockTable, build_block_table
+from .routed import RoutedGroup, routed_groups
+from .tables import DEFAULT_BLOCK_M, DEFAULT_BLOCK_N, TABLE_KINDS, BlockTable, build_block_table
 
 
 @dataclass(frozen=True)
@@ -41,7 +42,9 @@ class CompiledLayer:
     geometry: Geometry
     full_heads: tuple[int, ...]
     skip_heads: tuple[int, ...]
-    table: BlockTable | None  # every sparse head, one launch
+    table: BlockTable | None  # every sparse and routed head, one launch
+    # Routed heads: table rows whose indices kernels/routing.py rewrites per call.
+    routing: tuple[RoutedGroup, ...] = ()
 
     @property
     def sparse_heads(self) -> tuple[int, ...]:
@@ -58,9 +61,12 @@ class CompiledLayer:
 @functools.lru_cache(maxsize=512)
 def compile_layer(layer: LayerPattern, geometry: Geometry, device: str = "cpu",
                   block_m: int = DEFAULT_BLOCK_M, block_n: int = DEFAULT_BLOCK_N) -> CompiledLayer:
-    sparse = layer.heads_of_kind("sparse")
-    table = None
+    sparse = tuple(i for i, p in enumerate(layer.heads) if p.kind in TABLE_KINDS)
+    table, routing = None, ()
     if sparse:
-        table = build_block_table([layer.heads[h] for h in sparse], sparse, geometry, block_m, block_n)
+        patterns = tuple(layer.heads[h] for h in sparse)
+        table = build_block_table(patterns, sparse, geometry, block_m, block_n)
+        routing = routed_groups(patterns, sparse, table.kv_offsets, geometry, block_m, block_n, torch.device(device))
         table = table.to(torch.device(device))
-    return CompiledLayer(len(layer.heads), geometry, layer.heads_of_kind("full"), layer.heads_of_kind("skip"), table)
+    return CompiledLayer(len(layer.heads), geometry, layer.heads_of_kind("full"), layer.heads_of_kind("skip"), table,
+                         routing)

@@ -8,10 +8,12 @@ from .diagonal import Diagonal
 from .full import Full
 from .multi_diagonal import MultiDiagonal
 from .skip import Skip
+from .routed import Routed
 from .vertical_stripe import VerticalStripe
+from .window_3d import Window3D
 
 PATTERNS: dict[str, type[Pattern]] = {
-    cls.name: cls for cls in (Full, Skip, Diagonal, MultiDiagonal, VerticalStripe)
+    cls.name: cls for cls in (Full, Skip, Diagonal, MultiDiagonal, VerticalStripe, Window3D, Routed)
 }
 
 

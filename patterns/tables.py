@@ -20,6 +20,8 @@ from .geometry import Geometry
 
 DEFAULT_BLOCK_M = 128
 DEFAULT_BLOCK_N = 64
+# Head kinds served through block tables (routed heads: routed.py).
+TABLE_KINDS = ("sparse", "routed")
 
 
 def _blocks(n: int, size: int) -> int:
@@ -37,6 +39,9 @@ def _block_unit_ranges(bounds: torch.Tensor, seq_len: int, size: int) -> tuple[t
 
 def pattern_block_mask(pattern: Pattern, geometry: Geometry, block_m: int, block_n: int) -> torch.Tensor:
     """bool [n_q_blocks, n_k_blocks]: the pattern rounded out to whole blocks."""
+    own = getattr(pattern, "block_mask", None)
+    if own is not None:  # finer than grid rows: the pattern rounds itself (base.py)
+        return own(geometry, block_m, block_n)
     units = unit_mask(pattern, geometry).to(torch.int32)
     bounds = unit_bounds(geometry)
     q_lo, q_hi = _block_unit_ranges(bounds, geometry.seq_len, block_m)
@@ -112,7 +117,7 @@ def build_block_table(patterns: Sequence[Pattern], heads: Sequence[int], geometr
     per_pattern: dict[Pattern, torch.Tensor] = {}
     masks = []
     for pattern in patterns:
-        if pattern.kind != "sparse":
+        if pattern.kind not in TABLE_KINDS:
             raise ValueError(f"{pattern.name} heads do not go through block tables")
         if pattern not in per_pattern:
             per_pattern[pattern] = pattern_block_mask(pattern, geometry, block_m, block_n)

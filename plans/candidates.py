@@ -10,15 +10,17 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Sequence
 
-from ..patterns import Diagonal, MultiDiagonal, Pattern, Skip, VerticalStripe
+from ..patterns import Diagonal, MultiDiagonal, Pattern, Routed, Skip, VerticalStripe, Window3D
 
 
 @dataclass(frozen=True)
 class Candidate:
     mode: str
     rows: int | None = None
-    frames: int | None = None      # multi_diagonal: temporal reach (None = all)
+    frames: int | None = None      # multi_diagonal, window_3d: temporal reach (None = all)
     top_frames: int | None = None  # vertical_stripe: how many key frames
+    cols: int | None = None        # window_3d: reach in latent columns
+    share: float | None = None     # routed: key blocks kept per query block
 
     @property
     def label(self) -> str:
@@ -26,6 +28,10 @@ class Candidate:
             return "skip"
         if self.mode == "vertical_stripe":
             return f"vertical_stripe(top{self.top_frames})"
+        if self.mode == "routed":
+            return f"routed(share={self.share:g})"
+        if self.mode == "window_3d":
+            return f"window_3d(frames={self.frames},rows={self.rows},cols={self.cols})"
         if self.mode == "multi_diagonal" and self.frames is not None:
             return f"multi_diagonal(rows={self.rows},frames={self.frames})"
         return f"{self.mode}(rows={self.rows})"
@@ -37,6 +43,10 @@ class Candidate:
             return Diagonal(self.rows)
         if self.mode == "multi_diagonal":
             return MultiDiagonal(self.rows, self.frames)
+        if self.mode == "window_3d":
+            return Window3D(self.frames, self.rows, self.cols)
+        if self.mode == "routed":
+            return Routed(self.share)
         if self.mode == "vertical_stripe":
             frames = tuple(int(f) for f in (stripe_frames if stripe_frames is not None else range(self.top_frames)))
             return VerticalStripe(tuple(sorted(frames[: self.top_frames])))
@@ -44,11 +54,13 @@ class Candidate:
 
     def to_dict(self) -> dict:
         return {k: v for k, v in (("mode", self.mode), ("rows", self.rows), ("frames", self.frames),
-                                  ("top_frames", self.top_frames)) if v is not None}
+                                  ("top_frames", self.top_frames), ("cols", self.cols), ("share", self.share))
+                if v is not None}
 
     @classmethod
     def from_dict(cls, data: dict) -> "Candidate":
-        return cls(data["mode"], data.get("rows"), data.get("frames"), data.get("top_frames"))
+        return cls(data["mode"], data.get("rows"), data.get("frames"), data.get("top_frames"), data.get("cols"),
+                   data.get("share"))
 
 
 MENUS: dict[str, tuple[Candidate, ...]] = {
@@ -58,11 +70,19 @@ MENUS: dict[str, tuple[Candidate, ...]] = {
         Candidate("multi_diagonal", rows=0), Candidate("multi_diagonal", rows=1), Candidate("multi_diagonal", rows=2),
         Candidate("multi_diagonal", rows=1, frames=3),
         Candidate("vertical_stripe", top_frames=1), Candidate("vertical_stripe", top_frames=2),
+        # 3-D windows (frames, latent rows, latent columns): about 5 / 11 / 18% of
+        # the blocks at Wan 480p (21x30x52), 3 / 7 / 12% at 720p (21x45x80)
+        Candidate("window_3d", rows=4, frames=1, cols=8), Candidate("window_3d", rows=6, frames=2, cols=12),
+        Candidate("window_3d", rows=8, frames=3, cols=16),
+        # routed per call (Sol-Attn-like top-k of pooled scores), at these shares of the key blocks
+        Candidate("routed", share=0.05), Candidate("routed", share=0.1), Candidate("routed", share=0.2),
     ),
 }
 MENUS["wide"] = MENUS["standard"] + (
     Candidate("diagonal", rows=8), Candidate("multi_diagonal", rows=4), Candidate("multi_diagonal", rows=2, frames=3),
     Candidate("vertical_stripe", top_frames=4),
+    Candidate("window_3d", rows=2, frames=1, cols=4), Candidate("window_3d", rows=10, frames=2, cols=20),
+    Candidate("window_3d", rows=8, frames=5, cols=16), Candidate("routed", share=0.3),
 )
 
 

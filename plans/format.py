@@ -26,6 +26,11 @@ the first of them:
 
 A plan with one range is written as version 1, which older packs read.
 
+Version 3 adds head modes beyond the paper's (MODE_VERSIONS: 3-D windows,
+routed heads); a plan is written with the lowest version that holds it, so
+only plans that use them need a pack that knows them, and an older pack
+refuses such a plan asking for an update.
+
 Every field is checked on load (validation.py: types, ranges, sizes), and
 errors name the file and the field.
 """
@@ -43,7 +48,9 @@ from .atomic import atomic_write_text
 from .validation import PROVENANCE_KINDS, PlanError  # noqa: F401  (defined there; imported from here by most callers)
 
 FORMAT_NAME = "sparse-vdit-plan"
-FORMAT_VERSION = 2  # the newest this pack reads and writes; version 1 has no later step ranges
+FORMAT_VERSION = 3  # the newest this pack reads and writes; version 1 has no later step ranges
+# Head modes that need a newer version than 1 (older packs do not know them).
+MODE_VERSIONS = {"window_3d": 3, "routed": 3}
 
 
 @dataclass(frozen=True)
@@ -165,7 +172,7 @@ def _dense_from_dict(data, where: str) -> DenseSchedule:
     return DenseSchedule(fraction, sigma)
 
 
-def _layers_from_list(layer_list: list, model: ModelShape, source: str) -> tuple[LayerPattern, ...]:
+def _layers_from_list(layer_list: list, model: ModelShape, source: str, version: int) -> tuple[LayerPattern, ...]:
     if len(layer_list) != model.layers:
         raise PlanError(f"{source}: model says {model.layers} layers but 'layers' lists {len(layer_list)}")
     layers = []
@@ -183,6 +190,10 @@ def _layers_from_list(layer_list: list, model: ModelShape, source: str) -> tuple
             if not isinstance(head_entry, dict) or not isinstance(head_entry.get("mode"), str):
                 raise PlanError(f"{where}, head {head}: must be an object with a 'mode' name, got "
                                 f"{check.short(head_entry)}")
+            needs = MODE_VERSIONS.get(head_entry["mode"], 1)
+            if version < needs:
+                raise PlanError(f"{where}, head {head}: mode {head_entry['mode']!r} needs plan format version "
+                                f"{needs}, the file says {version}")
             try:
                 patterns.append(pattern_from_dict(head_entry))
             except PatternError as error:
@@ -211,7 +222,8 @@ def _later_ranges_from_list(entries, version: int, model: ModelShape, source: st
         start = check.number(entry.get("from_step_fraction"), previous, 1.0,
                              f"{where}: from_step_fraction (increasing from range to range)", open_low=True,
                              open_high=True)
-        ranges.append(StepRange(start, _layers_from_list(_require(entry, "layers", list, where), model, where)))
+        layers = _layers_from_list(_require(entry, "layers", list, where), model, where, version)
+        ranges.append(StepRange(start, layers))
         previous = start
     return tuple(ranges)
 
@@ -233,7 +245,7 @@ def plan_from_dict(data, source: str = "plan") -> Plan:
     provenance = check.provenance(data.get("provenance", {}), source)
     dense = _dense_from_dict(data.get("dense"), source)
     later = _later_ranges_from_list(data.get("later_step_ranges"), version, model, source)
-    layers = _layers_from_list(_require(data, "layers", list, source), model, source)
+    layers = _layers_from_list(_require(data, "layers", list, source), model, source, version)
     return Plan(name, model, layers, dense, provenance, later)
 
 
@@ -241,10 +253,16 @@ def _layers_to_list(layers: tuple[LayerPattern, ...]) -> list[dict]:
     return [{"layer": i, "heads": [p.to_dict() for p in layer.heads]} for i, layer in enumerate(layers)]
 
 
+def plan_version(plan: Plan) -> int:
+    """The lowest format version that holds the plan (older packs read it)."""
+    modes = {p.name for r in plan.step_ranges for layer in r.layers for p in layer.heads}
+    return max([2 if plan.later_ranges else 1] + [MODE_VERSIONS.get(mode, 1) for mode in modes])
+
+
 def plan_to_dict(plan: Plan) -> dict:
     data = {
         "format": FORMAT_NAME,
-        "version": 2 if plan.later_ranges else 1,
+        "version": plan_version(plan),
         "name": plan.name,
         "model": {"family": plan.model.family, "layers": plan.model.layers,
                   "heads": plan.model.heads, "head_dim": plan.model.head_dim},

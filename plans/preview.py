@@ -13,7 +13,8 @@ from .format import Plan
 from .statistics import Statistics
 
 COLOURS = {"full": (150, 150, 150), "skip": (25, 25, 25), "diagonal": (60, 120, 220),
-           "multi_diagonal": (60, 180, 90), "vertical_stripe": (235, 150, 40)}
+           "multi_diagonal": (60, 180, 90), "vertical_stripe": (235, 150, 40), "window_3d": (170, 80, 200),
+           "routed": (220, 60, 90)}
 DEFAULT_GEOMETRY = Geometry(21, 30, 52)  # Wan2.1 480p, 81 frames
 # Densities are computed on the grid rows (frames x rows); past this many
 # the picture uses fewer frames (said on it), so a plan claiming a huge

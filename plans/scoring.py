@@ -103,6 +103,16 @@ def _stripe_masks(stripes, chosen: torch.Tensor, geometry, query_blocks, block_m
     return out
 
 
+def _routed_masks(routed, q, k, geometry, query_blocks, block_m, block_n) -> torch.Tensor:
+    """bool [H, G, R, n_kb] on the CPU: each head's routed candidates as
+    routing would choose for this call (kernels/routing.py)."""
+    from ..kernels.routing import routed_block_masks
+    n_kb = (geometry.seq_len + block_n - 1) // block_n
+    masks = [routed_block_masks(q, k, geometry, c.share, block_m, block_n)[:, query_blocks.to(q.device)].cpu()
+             for c in routed]
+    return torch.stack(masks, 2) if masks else torch.zeros(q.shape[2], len(query_blocks), 0, n_kb, dtype=torch.bool)
+
+
 def _score_layer(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, geometry: Geometry,
                  candidates: Sequence[Candidate], query_blocks: torch.Tensor,
                  stripe_frames: torch.Tensor | None = None,
@@ -131,9 +141,10 @@ def _score_layer(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, geometry: Ge
     chunk = max(1, _CHUNK_FLOATS // (batch * block_m * padded_len))   # query blocks per chunk
     k_top = max(max_top_frames(candidates), 1)
     skip_columns = [i for i, c in enumerate(candidates) if c.mode == "skip"]
-    fixed = [c for c in candidates if c.mode not in ("skip", "vertical_stripe")]
+    fixed = [c for c in candidates if c.mode not in ("skip", "vertical_stripe", "routed")]
+    routed = [c for c in candidates if c.mode == "routed"]
     stripes = [c for c in candidates if c.mode == "vertical_stripe"]
-    order = fixed + stripes  # mask rows: fixed candidates, stripes, then all-ones (dense)
+    order = fixed + routed + stripes  # mask rows: fixed candidates, routed, stripes, then all-ones (dense)
     columns = [candidates.index(c) for c in order]
     z_dtype = _block_sum_dtype(device)
     width = head_dim + 8  # V, a ones column (block mass), zero padding to a multiple of 8
@@ -170,6 +181,7 @@ def _score_layer(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, geometry: Ge
     fixed_masks = torch.stack([_block_mask(c.pattern(), geometry, block_m, block_n)[query_blocks] for c in fixed], 1) \
         if fixed else torch.zeros(len(query_blocks), 0, n_kb, dtype=torch.bool)
     masks = torch.cat([fixed_masks.expand(heads, -1, -1, -1),
+                       _routed_masks(routed, q, k, geometry, query_blocks, block_m, block_n),
                        _stripe_masks(stripes, chosen, geometry, query_blocks, block_m, block_n),
                        torch.ones(heads, len(query_blocks), 1, n_kb, dtype=torch.bool)], 2).to(device, z_dtype)
 

@@ -232,7 +232,8 @@ def check_plan_name(name, shipped: tuple[str, ...] | None = None) -> str:
 # ---------------------------------------------------------------- statistics
 
 _CANDIDATE_FIELDS = {"skip": set(), "diagonal": {"rows"}, "multi_diagonal": {"rows", "frames"},
-                     "vertical_stripe": {"top_frames"}}
+                     "vertical_stripe": {"top_frames"}, "window_3d": {"frames", "rows", "cols"},
+                     "routed": {"share"}}
 
 
 def candidates(data, where: str) -> tuple:
@@ -251,12 +252,16 @@ def candidates(data, where: str) -> tuple:
         extra = set(entry) - {"mode"} - _CANDIDATE_FIELDS[mode]
         if extra:
             raise PlanError(f"{at}: {mode} candidates take no {sorted(extra)[:3]}")
-        rows = integer(entry.get("rows"), 0, 4096, f"{at}.rows") if mode in ("diagonal", "multi_diagonal") else None
+        window = mode == "window_3d"
+        has_rows = mode in ("diagonal", "multi_diagonal") or window
+        rows = integer(entry.get("rows"), 0, 4096, f"{at}.rows") if has_rows else None
         frames = entry.get("frames")
-        if frames is not None:
-            frames = integer(frames, 1, 4096, f"{at}.frames")
+        if frames is not None or window:
+            frames = integer(frames, 0 if window else 1, 4096, f"{at}.frames")
         top = integer(entry.get("top_frames"), 1, MAX_FRAMES, f"{at}.top_frames") if mode == "vertical_stripe" else None
-        menu.append(Candidate(mode, rows, frames, top))
+        cols = integer(entry.get("cols"), 0, 4096, f"{at}.cols") if window else None
+        share = number(entry.get("share"), 0.0, 1.0, f"{at}.share", open_low=True) if mode == "routed" else None
+        menu.append(Candidate(mode, rows, frames, top, cols, share))
     return tuple(menu)
 
 

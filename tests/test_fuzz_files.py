@@ -30,7 +30,8 @@ hypothesis = pytest.importorskip("hypothesis")
 from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
-from sparse_vdit.patterns import Diagonal, Full, Geometry, LayerPattern, MultiDiagonal, Skip, VerticalStripe  # noqa: E402
+from sparse_vdit.patterns import (Diagonal, Full, Geometry, LayerPattern, MultiDiagonal, Skip,  # noqa: E402
+                                  Routed, VerticalStripe, Window3D)
 from sparse_vdit.plans.candidates import MENUS  # noqa: E402
 from sparse_vdit.plans.format import (DenseSchedule, ModelShape, Plan, PlanError, StepRange, load_plan,  # noqa: E402
                                       plan_to_dict, save_plan)
@@ -103,12 +104,13 @@ def outcome_of(what: str, fn, *args, **kwargs):
 KEYS = ["mode", "rows", "frames", "layer", "heads", "layers", "format", "version", "model", "family", "head_dim",
         "dense", "warmup_fraction", "sigma_above", "provenance", "kind", "geometry", "statistics", "cols", "prefix",
         "suffix", "name", "later_step_ranges", "from_step_fraction", "top_frames", "total_steps", "probed_layers",
-        "date"]
+        "date", "share"]
 BIG_INT, DEEP, UNCLOSED = "\x00BIG\x00", "\x00DEEP\x00", "\x00UNCLOSED\x00"
 leaves = st.one_of(
     st.none(), st.booleans(), st.integers(-2**40, 2**40), st.integers(-3, 70),
     st.floats(allow_nan=True, allow_infinity=True), st.text(max_size=12),
-    st.sampled_from(["full", "skip", "diagonal", "multi_diagonal", "vertical_stripe", "sparse-vdit-plan",
+    st.sampled_from(["full", "skip", "diagonal", "multi_diagonal", "vertical_stripe", "window_3d", "routed",
+                     "sparse-vdit-plan",
                      "calibrated", "static-baseline", "all", "x" * 400, "../../etc/passwd", "con", BIG_INT, DEEP,
                      UNCLOSED, 1e308, -0.0, 10**18, 4097, -4097, 1 << 31]))
 json_values = st.recursive(leaves, lambda inner: st.lists(inner, max_size=4)
@@ -118,7 +120,9 @@ json_values = st.recursive(leaves, lambda inner: st.lists(inner, max_size=4)
 patterns = st.one_of(
     st.just(Full()), st.just(Skip()), st.builds(Diagonal, st.integers(0, 5)),
     st.builds(MultiDiagonal, st.integers(0, 3), st.none() | st.integers(1, 4)),
-    st.builds(VerticalStripe, st.lists(st.integers(-3, 6), min_size=1, max_size=3).map(tuple)))
+    st.builds(VerticalStripe, st.lists(st.integers(-3, 6), min_size=1, max_size=3).map(tuple)),
+    st.builds(Window3D, st.integers(0, 3), st.integers(0, 5), st.integers(0, 9)),
+    st.builds(Routed, st.floats(0.001, 1.0)))
 geometries = st.builds(Geometry, st.integers(1, 5), st.integers(1, 6), st.integers(1, 8), st.integers(0, 4),
                        st.integers(0, 4))
 

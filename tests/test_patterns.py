@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from sparse_vdit.patterns import (Diagonal, Full, Geometry, LayerPattern, MultiDiagonal, PatternError, Skip,
-                                  VerticalStripe, build_block_table, compile_layer, pattern_from_dict)
+                                  VerticalStripe, Window3D, build_block_table, compile_layer, pattern_from_dict)
 
 from oracle import block_rounded, token_mask
 
@@ -14,7 +14,8 @@ GEOMETRIES = [
     Geometry(1, 4, 4),                       # a single frame
 ]
 SPARSE = [Diagonal(0), Diagonal(2), MultiDiagonal(0), MultiDiagonal(1, frames=1),
-          VerticalStripe((0,)), VerticalStripe((-1, 1, 99))]
+          VerticalStripe((0,)), VerticalStripe((-1, 1, 99)),
+          Window3D(0, 0, 0), Window3D(1, 1, 2), Window3D(0, 2, 1), Window3D(2, 0, 99)]
 BLOCKS = [(16, 8), (8, 16), (32, 32)]
 
 
@@ -35,6 +36,17 @@ def test_single_token_blocks_give_the_exact_pattern():
     table = build_block_table(SPARSE, list(range(len(SPARSE))), geometry, 1, 1)
     for slot, pattern in enumerate(SPARSE):
         assert torch.equal(table.token_mask(slot), token_mask(pattern, geometry)), pattern
+
+
+def test_window_3d_limits_columns_and_clips_at_edges():
+    """A narrow window sees fewer keys than the diagonal band over the same
+    rows (columns are cut), and a window past the grid is the whole clip."""
+    geometry = Geometry(3, 4, 9, prefix=2)
+    narrow = token_mask(Window3D(0, 1, 1), geometry).sum()
+    assert narrow < token_mask(Diagonal(1), geometry).sum()
+    assert build_block_table([Window3D(0, 1, 1)], [0], geometry, 1, 1).token_mask(0).sum() == narrow
+    everything = build_block_table([Window3D(50, 50, 50)], [0], geometry, 4, 4).token_mask(0)
+    assert bool(everything.all())
 
 
 def test_csr_is_compact_and_sorted():
@@ -72,7 +84,7 @@ def test_density_counts_real_pairs():
 def test_one_plan_serves_any_resolution():
     """Parameters are in grid units: the same pattern compiles for any grid."""
     for geometry in [Geometry(21, 30, 52), Geometry(21, 45, 80), Geometry(7, 13, 17, suffix=5)]:
-        table = build_block_table([MultiDiagonal(1), Diagonal(2)], [0, 1], geometry)
+        table = build_block_table([MultiDiagonal(1), Diagonal(2), Window3D(1, 2, 4)], [0, 1, 2], geometry)
         assert table.seq_len == geometry.seq_len and table.kv_indices.numel() > 0
 
 
@@ -84,6 +96,9 @@ def test_one_plan_serves_any_resolution():
     ({"mode": "multi_diagonal", "frames": 0}, "frames"),
     ({"mode": "vertical_stripe", "frames": []}, "non-empty"),
     ({"rows": 2}, "mode"),
+    ({"mode": "window_3d", "cols": -1}, "cols"),
+    ({"mode": "window_3d", "frames": True}, "integer"),
+    ({"mode": "window_3d", "width": 3}, "no parameter"),
 ])
 def test_bad_pattern_entries(entry, message):
     with pytest.raises(PatternError, match=message):

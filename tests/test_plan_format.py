@@ -4,7 +4,8 @@ import os
 
 import pytest
 
-from sparse_vdit.patterns import Diagonal, Full, LayerPattern, MultiDiagonal, Skip, VerticalStripe
+from sparse_vdit.patterns import Diagonal, Full, LayerPattern, MultiDiagonal, Routed, Skip, VerticalStripe, Window3D
+from sparse_vdit.plans import format as plan_format
 from sparse_vdit.plans.format import (DenseSchedule, ModelShape, Plan, PlanError, StepRange, dumps_plan, load_plan,
                                       loads_plan, plan_to_dict, save_plan)
 
@@ -35,6 +36,29 @@ def test_round_trip(tmp_path):
     assert json.loads(path.read_text())["version"] == 1
 
 
+NEW_MODES = LayerPattern((Window3D(1, 2, 3), Full(), Routed(0.05), Skip(), Window3D(0, 0, 9)))
+
+
+def test_new_modes_need_version_3(tmp_path, monkeypatch):
+    """A plan with a mode beyond the paper's is written as version 3 (older
+    packs refuse it asking for an update); one without stays at version 1."""
+    plan = small_plan(later=(StepRange(0.5, (NEW_MODES, LAYER)),))
+    path = tmp_path / "w.json"
+    save_plan(plan, str(path))
+    assert json.loads(path.read_text())["version"] == 3
+    assert load_plan(str(path)).later_ranges == plan.later_ranges
+    data = json.loads(path.read_text())
+    data["version"] = 2
+    with pytest.raises(PlanError, match="later_step_ranges.*head 0: mode 'window_3d' needs plan format version 3"):
+        loads_plan(json.dumps(data), "old.json")
+    data["later_step_ranges"][0]["layers"][0]["heads"][0] = {"mode": "diagonal", "rows": 1}
+    with pytest.raises(PlanError, match="head 2: mode 'routed' needs plan format version 3"):
+        loads_plan(json.dumps(data), "old.json")
+    monkeypatch.setattr(plan_format, "FORMAT_VERSION", 2)  # a pack from before version 3
+    with pytest.raises(PlanError, match="version 3 is not supported.*update the pack"):
+        load_plan(str(path))
+
+
 def test_one_line_per_head():
     text = dumps_plan(small_plan())
     lines = [line.strip().rstrip(",") for line in text.splitlines()]
@@ -48,7 +72,7 @@ def corrupt(mutate, plan=None):
 
 
 @pytest.mark.parametrize("mutate,message", [
-    (lambda d: d.update(version=3), "version 3 is not supported.*newer"),
+    (lambda d: d.update(version=4), "version 4 is not supported.*newer"),
     (lambda d: d.update(version=0), "version 0 is not supported"),
     (lambda d: d.update(version="1"), "version"),
     (lambda d: d.update(format="something"), "not a Sparse-vDiT plan"),

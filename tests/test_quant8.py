@@ -30,8 +30,9 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 if HERE not in sys.path:
     sys.path.insert(0, HERE)
 
-from test_triton_kernel import (G_MID, G_ODD, _compile_sm, _cuda_backend_or_skip, _inputs,  # noqa: E402
-                                _make_layer, _triton_importable, interpreter_worker_results, oracle, rel)
+from test_triton_kernel import (G_MID, G_ODD, G_VID, _compile_sm, _cuda_backend_or_skip, _inputs,  # noqa: E402
+                                _make_layer, _triton_importable, interpreter_worker_results, oracle, rel,
+                                route_layer)
 
 # Error of the kernel against the emulated reference (its own arithmetic:
 # with FP8 PV that includes P's e4m3 rounding, about 2^-4 relative per
@@ -128,6 +129,8 @@ def check_case8(spec, device):
     dtype = getattr(torch, spec["dtype"])
     q, k, v, out = _inputs(spec["b"], seq_len, n_heads, spec["d"], dtype, spec["layout"], device, gen)
     adversarial(q, k, v, gen, spec.get("adv", "none"))
+    if spec["layer"] not in ("long", "one_block"):
+        route_layer(spec["layer"], geometry, bm, bn, device, q, k)
     pv_fp8 = spec["pv_fp8"]
     scale = spec["d"] ** -0.5
     t8.prepare_table(table)
@@ -290,6 +293,32 @@ def check_dispatch(device):
     return {"err_vs_bf16": err}
 
 
+def check_dispatch_routed(device):
+    """Routed heads through layer_attention in 8 bits, full heads in the same
+    launch: the launched table (a copy with dense rows) carries this call's
+    routed rows, on a second call with other inputs too."""
+    from oracle import layer_oracle
+    from sparse_vdit.kernels import dispatch
+    from sparse_vdit.patterns import Geometry, LayerPattern, compile_layer
+    from test_triton_kernel import PATTERNS, _pattern
+    geometry = Geometry(*G_VID)
+    layer = LayerPattern(tuple(_pattern(t) for t in PATTERNS["mixed_routed"]))
+    compiled = compile_layer(layer, geometry, str(device))
+    heads, d, batch, n = len(layer.heads), 64, 2, geometry.seq_len
+    errors = []
+    for seed in (7, 8):
+        gen = torch.Generator().manual_seed(seed)
+        q, k, v = (torch.randn(batch, n, heads * d, generator=gen).half().to(device) for _ in range(3))
+        got = dispatch.layer_attention(q, k, v, compiled, heads=heads, precision="8-bit").view(batch, n, heads, d)
+        table8 = dispatch.table_with_full_rows(compiled, device)
+        nnz = compiled.table.kv_indices.numel()
+        assert table8 is not compiled.table and torch.equal(table8.kv_indices[:nnz], compiled.table.kv_indices)
+        want = layer_oracle(*(x.view(batch, n, heads, d).cpu() for x in (q, k, v)), layer, geometry, 128, 64)
+        errors.append(rel(got, want))
+        assert errors[-1] < TOL_EXACT[True], f"8-bit routed layer vs float64 oracle {errors[-1]:.3e}"
+    return {"err_exact": max(errors)}
+
+
 class pytest_raises_value:
     def __init__(self, words):
         self.words = words
@@ -333,13 +362,15 @@ CASES8 = {
                                         pv_fp8=True, adv="voffset"),
     "long-row-1026-blocks-fp8": dict(layer="long", seq_len=65600, dtype="float16", d=64, layout="flat", b=1,
                                      pv_fp8=True),
+    "mixed_routed-vid-fp16-d64-fp8": dict(layer="mixed_routed", g=G_VID, dtype="float16", d=64, layout="flat", b=2,
+                                          pv_fp8=True),
 }
 PREPASS_CASES = {
     "prepass-fp16-d64-flat": dict(g=G_ODD, dtype="float16", d=64, layout="flat", b=3),
     "prepass-bf16-d128-bhld-adv": dict(g=G_MID, dtype="bfloat16", d=128, layout="bhld", b=2, adv="both"),
     "prepass-bf16-d64-flat-voffset": dict(g=G_MID, dtype="bfloat16", d=64, layout="flat", b=2, adv="voffset"),
 }
-OTHER = ("dispatch", "compile")
+OTHER = ("dispatch", "dispatch_routed", "compile")
 
 
 def run_case8(name, device):
@@ -347,6 +378,8 @@ def run_case8(name, device):
         return check_prepass(PREPASS_CASES[name], device)
     if name == "dispatch":
         return check_dispatch(device)
+    if name == "dispatch_routed":
+        return check_dispatch_routed(device)
     if name == "compile":
         return check_compile8(device, "aot_eager" if device.type == "cpu" else "inductor")
     return check_case8(CASES8[name], device)
@@ -700,6 +733,8 @@ GPU_CASES8 = {
                                       pv_fp8=True, adv="voffset"),
     "gpu-empty-rows-voffset": dict(layer="empty", g=G_480, dtype="bfloat16", d=128, layout="flat", b=2,
                                    pv_fp8=True, adv="voffset"),
+    **{f"gpu-mixed_routed-bf16-d128-flat-fp8{int(f)}": dict(layer="mixed_routed", g=G_480, dtype="bfloat16", d=128,
+                                                           layout="flat", b=2, pv_fp8=f) for f in (True, False)},
     "gpu-one-block-rows": dict(layer="one_block", g=G_480, dtype="bfloat16", d=128, layout="flat", b=3,
                                pv_fp8=True),
     "gpu-empty-rows": dict(layer="empty", g=G_480, dtype="bfloat16", d=128, layout="flat", b=2, pv_fp8=True),

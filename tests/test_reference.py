@@ -5,7 +5,7 @@ import torch
 from sparse_vdit.kernels import dispatch
 from sparse_vdit.kernels.reference import reference_sparse_attention
 from sparse_vdit.patterns import (Diagonal, Full, Geometry, LayerPattern, MultiDiagonal, Skip, VerticalStripe,
-                                  build_block_table, compile_layer)
+                                  Window3D, build_block_table, compile_layer)
 
 from oracle import layer_oracle, rel_err
 
@@ -30,7 +30,7 @@ def poisoned_outputs(monkeypatch):
 
 
 @pytest.mark.parametrize("pattern", [Diagonal(1), MultiDiagonal(1), MultiDiagonal(0, frames=1),
-                                     VerticalStripe((0, -1))], ids=lambda p: p.label())
+                                     VerticalStripe((0, -1)), Window3D(1, 1, 2)], ids=lambda p: p.label())
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=str)
 def test_reference_matches_oracle_per_pattern(pattern, dtype):
     layer = LayerPattern((pattern, pattern))

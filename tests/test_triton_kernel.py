@@ -31,6 +31,8 @@ PATTERNS = {
     "multi_diagonal": ["md1"] * 3,
     "multi_diagonal_frames": ["md0f1"] * 3,
     "vertical_stripe": ["vs0"] * 3,
+    "window_3d": ["w3", "w3", "diag1"],
+    "mixed_routed": ["full", "rt20", "skip", "w3", "rt50", "diag1"],  # routed rows in one launch with the rest
     "mixed5": ["full", "diag1", "skip", "md1", "vs0", "md0f1"],
 }
 CASES = {
@@ -66,6 +68,11 @@ CASES = {
                                              b=3, cfg={"tma": True, "rows_per_program": 2}),
     "mixed5-fp32-d128-flat-tma-rows5": dict(layer="mixed5", g=G_VID, dtype="float32", d=128, layout="flat", b=1,
                                             cfg={"tma": True, "rows_per_program": 5}),
+    # the same routed table again with other inputs: nothing cached on it (row order, entry rows) may go stale
+    **{f"mixed_routed-fp16-d64-rows3-call{i}": dict(layer="mixed_routed", g=G_VID, dtype="float16", d=64,
+                                                        layout="flat", b=2, call=i,
+                                                        cfg={"rows_per_program": 3})
+       for i in (1, 2)},
     "errors": dict(kind="errors"),
     "torch-compile": dict(kind="compile"),
 }
@@ -76,9 +83,10 @@ TOL = {"float32": 1e-5, "float16": 2e-3, "bfloat16": 1.5e-2}
 # Shared helpers (run in the worker and in GPU tests)
 # --------------------------------------------------------------------------
 def _pattern(tag):
-    from sparse_vdit.patterns import Diagonal, Full, MultiDiagonal, Skip, VerticalStripe
+    from sparse_vdit.patterns import Diagonal, Full, MultiDiagonal, Routed, Skip, VerticalStripe, Window3D
     return {"diag1": Diagonal(1), "md1": MultiDiagonal(1), "md0f1": MultiDiagonal(0, 1),
-            "vs0": VerticalStripe((0,)), "full": Full(), "skip": Skip()}[tag]
+            "vs0": VerticalStripe((0,)), "full": Full(), "skip": Skip(), "w3": Window3D(1, 2, 3),
+            "rt20": Routed(0.2), "rt50": Routed(0.5)}[tag]
 
 
 def _make_layer(name, geometry, bm, bn, device):
@@ -106,6 +114,23 @@ def _make_layer(name, geometry, bm, bn, device):
     layer = LayerPattern(tuple(_pattern(t) for t in PATTERNS[name]))
     compiled = compile_layer(layer, geometry, str(device), bm, bn)
     return len(layer.heads), compiled.table
+
+
+def route_layer(name, geometry, bm, bn, device, q, k) -> None:
+    """Routed heads of a named layer: route its (cached) table for this q, k,
+    and check the rows are a top-k of the float64 pooled scores."""
+    from oracle import assert_routed_rows_valid
+    from sparse_vdit.kernels import routing
+    from sparse_vdit.patterns import LayerPattern, compile_layer
+    layer = LayerPattern(tuple(_pattern(t) for t in PATTERNS.get(name, ())))
+    if not any(p.kind == "routed" for p in layer.heads):
+        return
+    compiled = compile_layer(layer, geometry, str(device), bm, bn)  # the same table _make_layer returned
+    routing.route(q, k, compiled)
+    masks = compiled.table.block_mask()
+    for slot, head in enumerate(compiled.sparse_heads):
+        if layer.heads[head].kind == "routed":
+            assert_routed_rows_valid(masks[slot], q, k, geometry, layer.heads[head].share, head, bm, bn, 1e-4)
 
 
 def _inputs(b, seq_len, heads, d, dtype, layout, device, gen):
@@ -150,6 +175,7 @@ def check_case(spec, device, run_kernel):
     n_heads, table = _make_layer(spec["layer"], geometry, bm, bn, device)
     dtype = getattr(torch, spec["dtype"])
     q, k, v, out = _inputs(spec["b"], geometry.seq_len, n_heads, spec["d"], dtype, spec["layout"], device, gen)
+    route_layer(spec["layer"], geometry, bm, bn, device, q, k)
     scale = spec["d"] ** -0.5
     run_kernel(q, k, v, out, table, spec.get("cfg"))
     others = [h for h in range(n_heads) if h not in table.heads]
@@ -430,6 +456,18 @@ GPU_CASES = {
     "mixed5-bf16-d128-128x128": dict(layer="mixed5", g=(5, 30, 52, 1, 0), dtype="bfloat16", d=128, layout="flat",
                                      b=1, bm=128, bn=128),
     "mixed5-fp32-d64-flat": dict(layer="mixed5", g=(3, 30, 52, 0, 0), dtype="float32", d=64, layout="flat", b=1),
+    "window_3d-bf16-d128-flat": dict(layer="window_3d", g=(5, 30, 52, 7, 9), dtype="bfloat16", d=128,
+                                     layout="flat", b=2),
+    "mixed_routed-bf16-d128-flat-b2": dict(layer="mixed_routed", g=(5, 30, 52, 7, 9), dtype="bfloat16", d=128,
+                                           layout="flat", b=2),
+    "mixed_routed-bf16-d128-bhld-ptr-b1": dict(layer="mixed_routed", g=(5, 30, 52, 0, 0), dtype="bfloat16",
+                                               d=128, layout="bhld", b=1, cfg={"tma": False}),
+    **{f"mixed_routed-bf16-d128-flat-lpt-call{i}": dict(layer="mixed_routed", g=(5, 30, 52, 7, 9),
+                                                        dtype="bfloat16", d=128, layout="flat", b=2, call=i,
+                                                        cfg={"order": "lpt"})
+       for i in (1, 2)},
+    "mixed_routed-bf16-d128-flat-rows3": dict(layer="mixed_routed", g=(5, 30, 52, 7, 9), dtype="bfloat16",
+                                              d=128, layout="flat", b=2, cfg={"rows_per_program": 3}),
     "empty-rows-bf16-d128": dict(layer="empty", g=(5, 30, 52, 0, 0), dtype="bfloat16", d=128, layout="flat", b=2),
     "mixed5-bf16-d128-flat-tile64": dict(layer="mixed5", g=(5, 30, 52, 7, 9), dtype="bfloat16", d=128,
                                          layout="flat", b=3, cfg={"tile_m": 64}),

@@ -7,7 +7,7 @@ then classifies every head by the method's own rule at lambda 0.5,
 epsilon 1 (its error power may reach 1% of its layer's output power):
 
     near-zero       skip is the chosen candidate (the head's output is negligible)
-    diagonal / multi_diagonal / vertical_stripe   that mode is chosen
+    diagonal / multi_diagonal / vertical_stripe / window_3d / routed   that mode is chosen
     dense           every candidate fails (the head stays full)
 
 and records, per head, the best candidate of every mode and its normalised
@@ -34,7 +34,7 @@ import ys_model as ymodel
 from ys_sizes import size_named
 
 MODE_OF = {"skip": "near-zero", "diagonal": "diagonal", "multi_diagonal": "multi-diagonal",
-           "vertical_stripe": "stripe"}
+           "vertical_stripe": "stripe", "window_3d": "3-D window", "routed": "routed"}
 
 
 def census(stats, lam: float = 0.5, eps: float = 1.0) -> dict:
