@@ -8,10 +8,11 @@ the reference path otherwise or when Triton cannot serve the call.
 
 precision: "bf16" (the exact path), "8-bit" (INT8 QK^T + FP8 PV,
 kernels/triton_sparse8.py; with no dense_fn given, full heads join the same
-launch as dense rows) or "auto" (8-bit on GPUs with FP8 tensor cores, sm_89
-and newer, when the call is eligible and its rows are long enough to repay
-the quantization pre-pass: AUTO_MIN_KEYS_PER_QUERY). A call the 8-bit path
-cannot serve runs in bf16, with one log line per reason.
+launch as dense rows) or "auto" (8-bit when the call is eligible and its
+rows are long enough to repay the quantization pre-pass on this card: the
+card's auto_min_keys in launch_table.py, from its 8-bit:16-bit tensor rates;
+never on a card the table does not know). A call the 8-bit path cannot
+serve runs in bf16, with one log line per reason.
 """
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ import torch
 from ..patterns.layer import CompiledLayer
 from . import routing
 from .dense import dense_attention
+from .launch_table import H200_AUTO_MIN_KEYS, launch_for_device
 from .reference import reference_sparse_attention
 
 Layout = Literal["flat", "bhld"]
@@ -32,14 +34,15 @@ log = logging.getLogger("sparse_vdit")
 
 _triton_failures: set[tuple] = set()  # shapes whose Triton launch failed once
 PRECISIONS = ("bf16", "8-bit", "auto")
-# "auto" runs a layer in 8 bits only when its launch averages at least this
-# many keys per query: the pre-pass costs about one pass over q/k/v per call
-# (0.43 ms at Wan 1.3B 480p, 2.4 ms at 14B 720p on an H200 in the run of
-# 2026-11-30) and the 8-bit kernel is 15-20% faster than bf16 per block, so
-# it breaks even near 7,300 (1.3B) and 4,600 (14B) keys per query; measured
-# there, every table above 7,500 gained (1.04-1.22x) and every one below it
-# lost (0.42-0.96x) (benchmarks/results/kernels8_NVIDIA_H200.md).
-AUTO_MIN_KEYS_PER_QUERY = 7500
+# "auto" runs a layer in 8 bits only when its launch averages at least the
+# card's auto_min_keys keys per query (launch_table.py). On Hopper, measured:
+# the pre-pass costs about one pass over q/k/v per call (0.43 ms at Wan 1.3B
+# 480p, 2.4 ms at 14B 720p on an H200 in the run of 2026-11-30) and the 8-bit
+# kernel is 15-20% faster than bf16 per block, so it breaks even near 7,300
+# (1.3B) and 4,600 (14B) keys per query; measured there, every table above
+# 7,500 gained (1.04-1.22x) and every one below it lost (0.42-0.96x)
+# (benchmarks/results/kernels8_NVIDIA_H200.md). Other cards: modelled.
+AUTO_MIN_KEYS_PER_QUERY = H200_AUTO_MIN_KEYS
 _logged_8bit: set[str] = set()
 # Calls whose 8-bit launch raised once run bf16 from then on: a kernel that
 # fails to compile would otherwise be compiled again, and fail, on every call.
@@ -127,11 +130,16 @@ def use_8bit(q4: torch.Tensor, compiled: CompiledLayer, precision: str, backend:
     from . import triton_backend
     reason = triton_backend.ineligible8(q4)
     if precision == "auto":
-        return reason is None and q4.is_cuda and triton_backend.fp8_pv_supported(q4.device)
+        return reason is None and q4.is_cuda and auto_min_keys(q4.device) is not None
     if reason is not None:
         _log_8bit_once(reason)
         return False
     return True
+
+
+def auto_min_keys(device) -> int | None:
+    """Keys per query from which `auto` runs 8 bits on this device (None: never)."""
+    return launch_for_device(device).auto_min_keys
 
 
 def _key8(q4: torch.Tensor) -> tuple:
@@ -199,7 +207,7 @@ def layer_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, compiled:
         eight = False  # only full heads, served by the chained dense function
     if eight and precision == "auto":
         table8 = table_with_full_rows(compiled, q.device) if full8 else compiled.table
-        eight = mean_keys_per_query(table8) >= AUTO_MIN_KEYS_PER_QUERY
+        eight = mean_keys_per_query(table8) >= auto_min_keys(q.device)
         full8 = full8 and eight
     dense_fn = dense_fn or dense_attention
 

@@ -47,10 +47,5 @@ def ineligible8(q: torch.Tensor) -> str | None:
     return module.ineligible_reason(q, DEFAULT_BLOCK_M, DEFAULT_BLOCK_N)
 
 
-def fp8_pv_supported(device) -> bool:
-    module = _kernel8_module()
-    return module is not None and module.fp8_pv_supported(device)
-
-
 def run8(q, k, v, out, table: BlockTable) -> None:
     _kernel8_module().sparse_attention8_triton(q, k, v, out, table)

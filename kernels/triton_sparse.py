@@ -14,7 +14,8 @@ nothing is copied or transposed. Only out[:, :, h] for h in table.heads is
 written.
 
 Defaults (swept on an H200, benchmarks/NOTES.md): 128x64 tables, TMA,
-4 warps, 2 pipeline stages, natural program order (query block fastest).
+4 warps, 2 pipeline stages, natural program order (query block fastest);
+other cards' launch parameters: launch_table.py.
 "Longest rows first" (order="lpt") was measured and loses 1-10%: sorting
 rows by count scatters neighbouring query blocks and so L2 reuse of K/V;
 "heads" (head slots by total work, query blocks in order) ties natural.
@@ -201,22 +202,14 @@ if triton is not None:
 # --------------------------------------------------------------------------
 def default_config(device: torch.device, dtype: torch.dtype, head_dim: int,
                    block_m: int, block_n: int) -> dict:
-    """Launch parameters by capability and shape (no autotuning: it needs a
-    driver at import and costs seconds per new shape)."""
-    cfg = {"num_warps": 4, "num_stages": 2, "tma": False, "ws": False}
-    if device.type != "cuda" or _interpreting():
-        cfg["num_stages"] = 1
-        return cfg
-    major, _ = torch.cuda.get_device_capability(device)
-    if major == 9:  # Hopper: swept on H200 (benchmarks/NOTES.md)
-        cfg["tma"] = TensorDescriptor is not None and dtype != torch.float32
-        cfg["num_warps"], cfg["num_stages"] = 4, 2
-        if block_n == 128:  # 128x128 tiles want two warpgroups
-            cfg["num_warps"], cfg["num_stages"] = (8, 3) if head_dim == 128 else (4, 3)
-    elif major >= 8:
-        cfg["num_stages"] = 2 if head_dim == 128 else 3
-    else:
-        cfg["num_stages"] = 1
+    """Launch parameters by capability and shape, from the per-card table
+    (launch_table.py; no autotuning: it needs a driver at import and costs
+    seconds per new shape)."""
+    from .launch_table import INTERPRETER_LAUNCH, launch_for_device
+    interpreted = device.type != "cuda" or _interpreting()
+    row = INTERPRETER_LAUNCH if interpreted else launch_for_device(device)
+    cfg = row.config16(head_dim, block_n)
+    cfg["tma"] = cfg["tma"] and TensorDescriptor is not None and dtype != torch.float32
     return cfg
 
 

@@ -13,7 +13,12 @@ operands come from the quantization pre-pass (quant8.py):
   tl.dot(p, v)`), never chained through the MMA's accumulator, because
   Hopper's FP8 MMA accumulates at about 22 bits. (Triton's dot+add combine
   only fires for max_num_imprecise_acc == 0; Hopper FP8 dots get 2**30, so
-  the add stays an fp32 add: checked in the TTGIR by benchmarks/bench_kernels8.py.)
+  the add stays an fp32 add: checked in the TTGIR by benchmarks/bench_kernels8.py.
+  Other cards get 0 by default and the add would be folded into the MMA,
+  whose FP8 accumulator is also narrower than fp32 on Ada (SageAttention2's
+  finding): there the launch passes max_num_imprecise_acc = BLOCK_N, which
+  keeps the add apart (launch_table.py, checked per card by
+  tests/test_cards_compile.py).)
 
 On GPUs without FP8 tensor cores (before sm_89) P.V runs in the input's
 16-bit type on the original V (pv_fp8=False); QK^T stays INT8.
@@ -61,7 +66,7 @@ if triton is not None:
     @triton.jit
     def _softmax_pv8(acc, m_i, l_i, s_raw, qs, ks, v, kv_start, seq_len,
                      MASK_KV: tl.constexpr, BLOCK_N: tl.constexpr, PV_FP8: tl.constexpr,
-                     UPCAST: tl.constexpr, LOG2_PMAX: tl.constexpr):
+                     UPCAST: tl.constexpr, LOG2_PMAX: tl.constexpr, PV_IMPRECISE: tl.constexpr):
         if UPCAST:
             s = s_raw
         else:
@@ -81,7 +86,10 @@ if triton is not None:
             if UPCAST:
                 pv = tl.dot(quant8.e4m3_grid(p), tl.trans(v.to(tl.float32)), input_precision="ieee")
             else:
-                pv = tl.dot(p.to(tl.float8e4nv), tl.trans(v))
+                # PV_IMPRECISE: None on Hopper (Triton's default there already
+                # keeps the add apart); elsewhere BLOCK_N, since with 0 Triton
+                # folds the add into the MMA's accumulator (module docstring).
+                pv = tl.dot(p.to(tl.float8e4nv), tl.trans(v), max_num_imprecise_acc=PV_IMPRECISE)
             acc = acc * alpha[:, None] + pv  # two-level: a fresh accumulator per block
         else:  # v: [BLOCK_N, D] in the input's 16-bit type
             if UPCAST:
@@ -127,7 +135,7 @@ if triton is not None:
         svb, svl, svh, sob, sol, soh,
         HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, TILE_M: tl.constexpr, BLOCK_N: tl.constexpr,
         USE_TMA: tl.constexpr, KV_TAIL: tl.constexpr, PV_FP8: tl.constexpr, UPCAST: tl.constexpr,
-        LOG2_PMAX: tl.constexpr,
+        LOG2_PMAX: tl.constexpr, PV_IMPRECISE: tl.constexpr,
     ):
         SPLIT: tl.constexpr = BLOCK_M // TILE_M
         pid = tl.program_id(0)
@@ -166,7 +174,8 @@ if triton is not None:
             v = _load_v8(kb, v_desc, vt_base, v_base, v_row0, l_pad, svl, seq_len, offs_n, offs_d,
                          BLOCK_N, PV_FP8, USE_TMA, False)
             acc, m_i, l_i = _softmax_pv8(acc, m_i, l_i, _qk8(q8, k8, UPCAST), qs, tl.load(ks_base + kb), v,
-                                         kb * BLOCK_N, seq_len, False, BLOCK_N, PV_FP8, UPCAST, LOG2_PMAX)
+                                         kb * BLOCK_N, seq_len, False, BLOCK_N, PV_FP8, UPCAST, LOG2_PMAX,
+                                         PV_IMPRECISE)
 
         if KV_TAIL:  # the ragged last key block: pointer loads, masked scores
             if full_end < end:
@@ -175,7 +184,8 @@ if triton is not None:
                 v = _load_v8(kb, v_desc, vt_base, v_base, v_row0, l_pad, svl, seq_len, offs_n, offs_d,
                              BLOCK_N, PV_FP8, False, True)
                 acc, m_i, l_i = _softmax_pv8(acc, m_i, l_i, _qk8(q8, k8, UPCAST), qs, tl.load(ks_base + kb), v,
-                                             kb * BLOCK_N, seq_len, True, BLOCK_N, PV_FP8, UPCAST, LOG2_PMAX)
+                                             kb * BLOCK_N, seq_len, True, BLOCK_N, PV_FP8, UPCAST, LOG2_PMAX,
+                                             PV_IMPRECISE)
 
         l_safe = tl.where(l_i == 0.0, 1.0, l_i)
         vs = tl.load(VS + bs64 * HEAD_DIM + offs_d)
@@ -192,11 +202,14 @@ if triton is not None:
 # Host side
 # --------------------------------------------------------------------------
 def fp8_pv_supported(device) -> bool:
-    """FP8 tensor cores: sm_89 (Ada) and newer; the interpreter emulates them."""
+    """Whether P.V runs in FP8 here: the card's recipe in launch_table.py
+    (FP8 tensor cores from sm_89; not assumed on a card the table does not
+    know); the interpreter emulates them."""
     device = torch.device(device)
     if device.type == "cpu":
         return _interpreting()
-    return device.type == "cuda" and torch.cuda.get_device_capability(device) >= (8, 9)
+    from .launch_table import launch_for_device
+    return device.type == "cuda" and launch_for_device(device).pv_fp8
 
 
 def ineligible_reason(q: torch.Tensor, block_m: int, block_n: int) -> Optional[str]:
@@ -217,18 +230,15 @@ def ineligible_reason(q: torch.Tensor, block_m: int, block_n: int) -> Optional[s
 
 
 def default_config8(device: torch.device, head_dim: int, block_m: int, block_n: int) -> dict:
-    """Launch parameters (no autotuning). 64-row query tiles (a table row of
-    128 queries is served by two programs): with 128 rows the two fp32
-    accumulators (running and per-block P.V) spill; on an H200 tile 64 /
-    4 warps / 3 stages beat tile 128 / 8 warps by 12-30%
-    (benchmarks/results/kernels8_NVIDIA_H200*.md)."""
-    cfg = {"num_warps": 4, "num_stages": 2, "tma": False, "tile_m": min(64, block_m)}
-    if device.type != "cuda" or _interpreting():
-        cfg["num_stages"] = 1
-        return cfg
-    major, _ = torch.cuda.get_device_capability(device)
-    if major == 9:
-        cfg.update(tma=TensorDescriptor is not None, num_stages=3)
+    """Launch parameters from the per-card table (launch_table.py; no
+    autotuning). 64-row query tiles (a table row of 128 queries is served by
+    two programs): with 128 rows the two fp32 accumulators (running and
+    per-block P.V) spill; on an H200 tile 64 / 4 warps / 3 stages beat
+    tile 128 / 8 warps by 12-30% (benchmarks/results/kernels8_NVIDIA_H200*.md)."""
+    from .launch_table import INTERPRETER_LAUNCH, launch_for_device
+    interpreted = device.type != "cuda" or _interpreting()
+    cfg = (INTERPRETER_LAUNCH if interpreted else launch_for_device(device)).config8(block_m, block_n)
+    cfg["tma"] = cfg["tma"] and TensorDescriptor is not None
     return cfg
 
 
@@ -267,7 +277,7 @@ def launch8(qz: "quant8.Quantized", v, out, kv_offsets, kv_indices, heads_t, blo
         v.stride(0), v.stride(1), v.stride(2), target.stride(0), target.stride(1), target.stride(2),
         HEAD_DIM=head_dim, BLOCK_M=block_m, TILE_M=tile_m, BLOCK_N=block_n,
         USE_TMA=use_tma, KV_TAIL=(seq_len % block_n != 0), PV_FP8=pv_fp8, UPCAST=upcast,
-        LOG2_PMAX=_LOG2_FP8_MAX,
+        LOG2_PMAX=_LOG2_FP8_MAX, PV_IMPRECISE=cfg.get("pv_imprecise"),
         num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
     )
     if target is not out:

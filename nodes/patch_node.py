@@ -40,7 +40,7 @@ class SparseVDiTPatch(io.ComfyNode):
                                        "dense with a warning in the log (for checking that the kernel runs). "
                                        "reference: the exact torch path everywhere (slow; for checking)."),
                 io.Combo.Input("precision", options=list(PRECISIONS), default="bf16", optional=True,
-                               tooltip="bf16: the exact path (default). 8-bit: INT8 QK + FP8 PV (SageAttention2's recipe; faster per block on GPUs with FP8 tensor cores, about 0.04 relative L1 error). auto: 8-bit on sm_89+ GPUs for layers with long enough rows."),
+                               tooltip="bf16: the exact path (default). 8-bit: INT8 QK + FP8 PV (SageAttention2's recipe; faster per block on GPUs with FP8 tensor cores, about 0.04 relative L1 error). auto: 8-bit for layers whose rows are long enough to repay the quantization on this card (7,500 keys per query on Hopper, measured; modelled per card class in kernels/launch_table.py, far fewer on RTX 30/40/50); bf16 on a card the table does not know."),
             ],
             outputs=[io.Model.Output(tooltip="A patched copy; the input model is not changed.")],
         )

@@ -30,6 +30,9 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 if HERE not in sys.path:
     sys.path.insert(0, HERE)
 
+sys.path.insert(0, os.path.join(os.path.dirname(HERE), "benchmarks"))
+import compile_cards  # noqa: E402
+from compile_cards import fp8_dot_accumulators  # noqa: E402
 from test_triton_kernel import (G_MID, G_ODD, G_VID, _compile_sm, _cuda_backend_or_skip, _inputs,  # noqa: E402
                                 _make_layer, _triton_importable, interpreter_worker_results, oracle, rel,
                                 route_layer)
@@ -567,14 +570,7 @@ def test_table_with_dense_rows():
 # CPU: the compiled kernels (Triton's CUDA backend compiles without a GPU)
 # --------------------------------------------------------------------------
 def _kernel8_signature(tma: bool, pv_fp8: bool, d: int, bn: int = 64) -> dict:
-    sig = {"Q8": "*i8", "QS": "*fp32", "K8": "*i8", "KS": "*fp32", "VT8": "*fp8e4nv" if pv_fp8 else "*i8",
-           "V": "*bf16", "VS": "*fp32", "VOFF": "*fp32", "O": "*bf16",
-           "k_desc": f"tensordesc<i8[{bn}, {d}]>" if tma else "*i8",
-           "v_desc": (f"tensordesc<fp8e4nv[{d}, {bn}]>" if pv_fp8 else f"tensordesc<i8[{bn}, {d}]>") if tma else "*i8",
-           "kv_offsets": "*i32", "kv_indices": "*i32", "heads_ptr": "*i32"}
-    for name in ("seq_len", "l_pad", "n_slots", "n_q_blocks", "n_k_blocks", "svb", "svl", "svh", "sob", "sol", "soh"):
-        sig[name] = "i32"
-    return sig
+    return dict(compile_cards._sig8(tma, pv_fp8, d, bn))
 
 
 @pytest.mark.parametrize("capability,tma,pv_fp8,d", [(90, True, True, 128), (90, False, True, 64),
@@ -587,7 +583,8 @@ def test_kernel8_compiles_for_gpu(capability, tma, pv_fp8, d):
     _cuda_backend_or_skip()
     from sparse_vdit.kernels import triton_sparse8 as t8
     const = dict(HEAD_DIM=d, BLOCK_M=128, TILE_M=64, BLOCK_N=64, USE_TMA=tma, KV_TAIL=True, PV_FP8=pv_fp8,
-                 UPCAST=False, LOG2_PMAX=t8._LOG2_FP8_MAX)
+                 UPCAST=False, LOG2_PMAX=t8._LOG2_FP8_MAX,
+                 PV_IMPRECISE=None if capability == 90 else 64)
     compiled = _compile_sm(t8._sparse_attn8_fwd, _kernel8_signature(tma, pv_fp8, d), const, capability)
     ttgir = compiled.asm["ttgir"]
     if pv_fp8:
@@ -627,7 +624,7 @@ def test_kernel8_hopper_variant_fits_three_programs_per_sm(kv_tail):
     fn = t8._sparse_attn8_fwd
     sig = _kernel8_signature(True, True, 128)
     const = dict(HEAD_DIM=128, BLOCK_M=128, TILE_M=64, BLOCK_N=64, USE_TMA=True, KV_TAIL=kv_tail, PV_FP8=True,
-                 UPCAST=False, LOG2_PMAX=t8._LOG2_FP8_MAX)
+                 UPCAST=False, LOG2_PMAX=t8._LOG2_FP8_MAX, PV_IMPRECISE=None)
     aligned = [n for n, t in sig.items() if t.startswith("*")] + ["l_pad", "n_q_blocks", "n_k_blocks", "svb", "svl",
                                                                  "svh", "sob", "sol", "soh"]
     src = ASTSource(fn, dict(sig, **{k: "constexpr" for k in const}),
@@ -784,17 +781,6 @@ def fp8_ttgir(kernel) -> list[str]:
             if "f8E4M3FN" in text:
                 texts.append(text)
     return texts
-
-
-def fp8_dot_accumulators(ttgir: str) -> list[tuple[str, str]]:
-    """(line, accumulator operand) of each dot on FP8 operands."""
-    found = []
-    for line in ttgir.splitlines():
-        for op in ("ttng.warp_group_dot ", "tt.dot "):
-            if op in line and "f8E4M3FN" in line:
-                operands = line.split(op, 1)[1].split(" {")[0].split(" :")[0].split(", ")
-                found.append((line.strip(), operands[2].strip() if len(operands) > 2 else "?"))
-    return found
 
 
 if __name__ == "__main__" and "--worker" in sys.argv:
