@@ -59,7 +59,9 @@ class SparseVDiTCalibrate(io.ComfyNode):
                                         "models/sparse_vdit_plans; a plan of that name is replaced."),
                 io.Combo.Input("candidate_menu", options=list(MENUS), default="standard", optional=True,
                                tooltip="The patterns scored per head. standard: skip, diagonals, multi-diagonals, "
-                                       "vertical stripes; wide adds more (longer calibration)."),
+                                       "vertical stripes (the paper's modes); wide adds more sizes (longer "
+                                       "calibration); extended / extended-wide add 3-D windows and routed heads "
+                                       "(experimental: not yet shown to improve videos)."),
                 io.Float.Input("dense_warmup", default=0.2, min=0.0, max=0.95, step=0.05, optional=True,
                                tooltip="Fraction of steps the plan keeps dense; probes start after it."),
                 io.Combo.Input("step_ranges", options=list(STEP_RANGE_CHOICES), default="auto", optional=True,

@@ -63,27 +63,41 @@ class Candidate:
                    data.get("share"))
 
 
-MENUS: dict[str, tuple[Candidate, ...]] = {
-    "standard": (
-        Candidate("skip"),
-        Candidate("diagonal", rows=1), Candidate("diagonal", rows=2), Candidate("diagonal", rows=4),
-        Candidate("multi_diagonal", rows=0), Candidate("multi_diagonal", rows=1), Candidate("multi_diagonal", rows=2),
-        Candidate("multi_diagonal", rows=1, frames=3),
-        Candidate("vertical_stripe", top_frames=1), Candidate("vertical_stripe", top_frames=2),
-        # 3-D windows (frames, latent rows, latent columns): about 5 / 11 / 18% of
-        # the blocks at Wan 480p (21x30x52), 3 / 7 / 12% at 720p (21x45x80)
-        Candidate("window_3d", rows=4, frames=1, cols=8), Candidate("window_3d", rows=6, frames=2, cols=12),
-        Candidate("window_3d", rows=8, frames=3, cols=16),
-        # routed per call (Sol-Attn-like top-k of pooled scores), at these shares of the key blocks
-        Candidate("routed", share=0.05), Candidate("routed", share=0.1), Candidate("routed", share=0.2),
-    ),
-}
-MENUS["wide"] = MENUS["standard"] + (
+_PAPER_STANDARD = (
+    Candidate("skip"),
+    Candidate("diagonal", rows=1), Candidate("diagonal", rows=2), Candidate("diagonal", rows=4),
+    Candidate("multi_diagonal", rows=0), Candidate("multi_diagonal", rows=1), Candidate("multi_diagonal", rows=2),
+    Candidate("multi_diagonal", rows=1, frames=3),
+    Candidate("vertical_stripe", top_frames=1), Candidate("vertical_stripe", top_frames=2),
+)
+_PAPER_WIDE = (
     Candidate("diagonal", rows=8), Candidate("multi_diagonal", rows=4), Candidate("multi_diagonal", rows=2, frames=3),
     Candidate("vertical_stripe", top_frames=4),
+)
+_NEW_STANDARD = (
+    # 3-D windows (frames, latent rows, latent columns): about 5 / 11 / 18% of
+    # the blocks at Wan 480p (21x30x52), 3 / 7 / 12% at 720p (21x45x80)
+    Candidate("window_3d", rows=4, frames=1, cols=8), Candidate("window_3d", rows=6, frames=2, cols=12),
+    Candidate("window_3d", rows=8, frames=3, cols=16),
+    # routed per call (Sol-Attn-like top-k of pooled scores), at these shares of the key blocks
+    Candidate("routed", share=0.05), Candidate("routed", share=0.1), Candidate("routed", share=0.2),
+)
+_NEW_WIDE = (
     Candidate("window_3d", rows=2, frames=1, cols=4), Candidate("window_3d", rows=10, frames=2, cols=20),
     Candidate("window_3d", rows=8, frames=5, cols=16), Candidate("routed", share=0.3),
 )
+# standard / wide: the paper's modes. The extended menus add 3-D windows and
+# routed heads, opt-in until a measurement shows they pay: on the tiny
+# yardstick (CPU, 8 steps, held-out prompt 4, plan for 1.5x) the wide menu
+# with them gave 23.4 dB against 27.1 dB without, at the same predicted
+# speedup (tests/test_yardstick.py): the calibration's error on sampled
+# query blocks favoured them, the whole trajectory did not.
+MENUS: dict[str, tuple[Candidate, ...]] = {
+    "standard": _PAPER_STANDARD,
+    "wide": _PAPER_STANDARD + _PAPER_WIDE,
+    "extended": _PAPER_STANDARD + _NEW_STANDARD,
+    "extended-wide": _PAPER_STANDARD + _PAPER_WIDE + _NEW_STANDARD + _NEW_WIDE,
+}
 
 
 # The paper's modes (Sparse-vDiT). Newer modes (3-D windows, routed heads:

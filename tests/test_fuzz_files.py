@@ -241,7 +241,7 @@ def plan_files(draw) -> tuple[str, str]:
 @st.composite
 def statistics(draw) -> Statistics:
     L, H = TINY[:2] if draw(st.booleans()) else (draw(st.integers(1, 3)), draw(st.integers(1, 3)))
-    menu = MENUS["standard"]
+    menu = MENUS["extended-wide"]  # every mode, the newer ones included
     chosen = sorted(draw(st.sets(st.integers(0, len(menu) - 1), min_size=1, max_size=5)))
     candidates = tuple(menu[i] for i in chosen)
     C = len(candidates)

@@ -26,7 +26,7 @@ EXPECTED = {"diagonal": "diagonal", "multi_diagonal": "multi_diagonal", "vertica
 def planted():
     rng = random.Random(0)
     modes = [[rng.choice(list(EXPECTED)) for _ in range(HEADS)] for _ in range(LAYERS)]
-    calibrator = Calibrator(ModelShape("synthetic", LAYERS, HEADS, DIM), MENUS["standard"], probe_count=2,
+    calibrator = Calibrator(ModelShape("synthetic", LAYERS, HEADS, DIM), MENUS["extended"], probe_count=2,
                             query_fraction=0.5, warmup=0.0)
     assert calibrator.probe_index(0, 2) == 0 and calibrator.accepts(GEOMETRY)
     for probe in range(2):

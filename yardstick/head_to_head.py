@@ -213,7 +213,7 @@ def main():
         shutil.rmtree(work, ignore_errors=True)
         result = common.calibrate(patcher, work, name=f"yardstick-{size.name}", classes=common.CALIB_CLASSES,
                                   seed=100, steps=args.steps, probe_steps=args.probe_steps,
-                                  query_fraction=args.query_fraction, menu="wide", size=size, cfg=CFG)
+                                  query_fraction=args.query_fraction, menu="extended-wide", size=size, cfg=CFG)
         calib_seconds = time.perf_counter() - t0
         stats = result.statistics
         print(f"calibrated in {calib_seconds:.1f}s, cost source {stats.cost_source}", flush=True)
@@ -353,7 +353,7 @@ def main():
               "core_start_percent_0.2_dense_steps": core_default_dense_steps,
               "held_out": [list(r) for r in runs], "calibration": {
                   "prompts": list(common.CALIB_CLASSES), "seed": 100, "probe_steps": stats.probe_steps.tolist(),
-                  "query_fraction": args.query_fraction, "menu": "wide",
+                  "query_fraction": args.query_fraction, "menu": "extended-wide",
                   "seconds": None if calib_seconds is None else round(calib_seconds, 1), "reused": calib_seconds is None,
                   "cost_source": stats.cost_source},
               "plans": {k: {"density": d, "modes": p.density_summary(), "ranges": p.describe_step_ranges(),
