@@ -227,4 +227,10 @@ def launch_for_device(device) -> CardLaunch:
     device = torch.device(device)
     if device.type != "cuda":
         return INTERPRETER_LAUNCH
-    return launch_for_capability(torch.cuda.get_device_capability(device), torch.cuda.get_device_name(device))
+    capability = torch.cuda.get_device_capability(device)
+    if tuple(capability) in LAUNCH_TABLE:
+        # Known card: no name needed. torch.compile cannot trace
+        # get_device_name (it returns a str), and the kernels ask for the
+        # row inside compiled graphs.
+        return LAUNCH_TABLE[tuple(capability)]
+    return launch_for_capability(capability, torch.cuda.get_device_name(device))

@@ -40,6 +40,19 @@ def _triton_modules():
     return ts, t8
 
 
+def test_known_card_row_traces_under_torch_compile(monkeypatch):
+    """The kernels ask for the row inside torch.compile'd graphs (ComfyUI's
+    compile nodes, the GPU suite's inductor test): a known card must not call
+    torch.cuda.get_device_name, which Dynamo cannot trace (it returns a str).
+    The real get_device_name stays in place, so the old code fails here."""
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))
+    torch._dynamo.reset()
+    compiled = torch.compile(lambda x: x * launch_table.launch_for_device(CUDA).tile_m8, fullgraph=True,
+                             backend="eager")
+    assert torch.equal(compiled(torch.ones(3)), torch.full((3,), 64.0))
+    torch._dynamo.reset()
+
+
 @pytest.mark.parametrize("capability", CLASSES)
 def test_every_card_class_has_a_complete_row(capability):
     row = launch_table.LAUNCH_TABLE[capability]
