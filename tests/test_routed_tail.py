@@ -121,3 +121,30 @@ def test_bad_mask_shape_fails_before_work():
     q, k, v = qkv(1, 40, 2, 4)
     with pytest.raises(ValueError, match="block_masks end in"):
         routed_tail_attention64(q, k, v, torch.ones(2, 3, 4, dtype=torch.bool), BM, BN)
+
+
+@pytest.mark.comfyui
+def test_benchmark_smoke_on_the_tiny_yardstick(comfy, tmp_path):
+    """benchmarks/routed_tail.py end to end on the CPU: one probe step, one
+    query block in 16; its files and their fields."""
+    sys.path.insert(0, os.path.join(REPO, "benchmarks"))
+    import routed_tail
+
+    result = routed_tail.main(["--size", "tiny", "--comfyui", comfy.path, "--probe-steps", "0",
+                               "--query-fraction", "0.0625", "--results", str(tmp_path)])
+    with open(tmp_path / "routed_tail_tiny.json") as f:
+        saved = json.load(f)
+    assert saved == json.loads(json.dumps(result))
+    assert saved["sampling"]["probe_steps"] == [0] and saved["head_count"] == 12 == len(saved["heads"])
+    for head in saved["heads"]:
+        assert set(head["no_tail"]) == set(head["tail"]) == {"0.05", "0.1", "0.2", "0.3"}
+        errors = list(head["no_tail"].values()) + list(head["tail"].values()) + [head["best_fixed"]["error"]]
+        assert all(math.isfinite(e) and e >= 0 for e in errors)
+        assert head["best_fixed"]["candidate"] and 0 <= head["best_fixed"]["block_share"] <= 1
+    for row in saved["per_share"]:
+        assert row["block_share"] >= row["share"] - 1e-9
+        for key in ("tail_beats_no_tail", "tail_beats_best_fixed", "no_tail_beats_best_fixed",
+                    "tail_beats_best_fixed_at_most_its_blocks"):
+            assert 0 <= row[key] <= 12
+    table = (tmp_path / "routed_tail_tiny.md").read_text()
+    assert "| share |" in table and table.count("\n| 0.") == 4
