@@ -14,7 +14,7 @@ Errors are in calibration's unit (plans/search.py: squared error over 1% of
 the layer's dense output power, worst probed step per head).
 
     COMFYUI_PATH=/path/to/ComfyUI python benchmarks/routed_tail.py [--size video|tiny]
-        [--probe-steps 4,10,16] [--query-fraction 0.25] [--results DIR]
+        [--probe-steps 4,10,16] [--query-fraction 0.1] [--results DIR]
 
 Writes DIR/routed_tail_<size>.json and .md and prints a short table last.
 Needs sparse_vdit importable (PYTHONPATH holding a link to the repository).
@@ -41,6 +41,7 @@ from ys_sizes import size_named  # noqa: E402
 from sparse_vdit.kernels.routed_tail_reference import routed_tail_attention64  # noqa: E402
 from sparse_vdit.kernels.routing import routed_block_masks  # noqa: E402
 from sparse_vdit.patterns import DEFAULT_BLOCK_M, DEFAULT_BLOCK_N  # noqa: E402
+from sparse_vdit.plans.atomic import atomic_write_text  # noqa: E402
 from sparse_vdit.plans.calibrator import Calibrator  # noqa: E402
 from sparse_vdit.plans.candidates import MENUS, Candidate  # noqa: E402
 from sparse_vdit.plans.cost import block_share_costs  # noqa: E402
@@ -73,10 +74,13 @@ class TailCalibrator(Calibrator):
         self.tail_sq_err = torch.zeros(*self._sq_err.shape[:3], len(self.shares), 2, dtype=torch.float64)
 
     def record(self, probe, layer, q, k, v, geometry=None):
+        start = time.perf_counter()
         super().record(probe, layer, q, k, v, geometry)
         geometry = geometry or self.geometry
         blocks = sampled_query_blocks(-(-geometry.seq_len // DEFAULT_BLOCK_M), self.query_fraction)
         self.tail_sq_err[probe, layer] += routed_tail_sq_err(q, k, v, geometry, self.shares, blocks)
+        print(f"step {self.probe_steps[probe]} layer {layer}: scored {len(blocks)} query blocks of a batch of "
+              f"{q.shape[0]} in {time.perf_counter() - start:.1f} s", file=sys.stderr, flush=True)
 
 
 def measure(patcher, size, probe_at, query_fraction, cfg, steps, shares=SHARES, seed=100):
@@ -153,12 +157,34 @@ def table(summary: dict) -> str:
     return "\n".join(lines)
 
 
+def head_table(summary: dict, shares) -> str:
+    """Per head: the best fixed candidate, then no tail / tail at each share."""
+    by_share = " | ".join(f"{s:g}: no tail / tail" for s in shares)
+    lines = [f"| layer | head | best fixed (blocks): error | {by_share} |",
+             "|---|---|---|" + "---|" * len(shares)]
+    for h in summary["heads"]:
+        b = h["best_fixed"]
+        cells = [f"{h['no_tail'][f'{s:g}']:.3g} / {h['tail'][f'{s:g}']:.3g}" for s in shares]
+        lines.append(f"| {h['layer']} | {h['head']} | {b['candidate']} ({b['block_share']:.2f}): {b['error']:.3g} | "
+                     + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def markdown(result: dict) -> str:
+    s = result["sampling"]
+    return (f"# Routed heads with and without the pooled tail: {result['size']} yardstick ({result['tokens']} "
+            f"tokens, {result['head_count']} heads)\n\nProbe steps {s['probe_steps']} of {s['steps']} (cfg "
+            f"{s['cfg']:g}, prompts {s['prompts']}), {result['query_fraction']:g} of the query blocks, CPU float64; "
+            f"benchmarks/routed_tail.py.\n\n{table(result)}\n\nPer head (same unit):\n\n"
+            f"{head_table(result, result['shares'])}\n")
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--size", default="video", help="yardstick size (yardstick/ys_sizes.py)")
     ap.add_argument("--comfyui", default=None, help="ComfyUI checkout (default: $COMFYUI_PATH)")
     ap.add_argument("--probe-steps", default="4,10,16", help="sampling steps to probe (0-based)")
-    ap.add_argument("--query-fraction", type=float, default=0.25, help="share of query blocks scored")
+    ap.add_argument("--query-fraction", type=float, default=0.1, help="share of query blocks scored")
     ap.add_argument("--steps", type=int, default=common.STEPS)
     ap.add_argument("--cfg", type=float, default=None, help="default: the size's protocol (1 tiny, else 3)")
     ap.add_argument("--results", default=common.RESULTS)
@@ -183,24 +209,18 @@ def main(argv=None):
               "menu": MENU, "shares": list(SHARES),
               "error_unit": "squared error / (1% of the layer's dense output power), worst probed step",
               "env": {"torch": torch.__version__, "cpu": platform.processor() or platform.machine(),
-                      "threads": torch.get_num_threads(), "comfyui": comfyui_version()},
+                      "threads": torch.get_num_threads(), "comfyui": comfyui_release()},
               "seconds": round(time.perf_counter() - start, 1), **summary}
     os.makedirs(args.results, exist_ok=True)
     stem = os.path.join(args.results, f"routed_tail_{size.name}")
-    with open(stem + ".json", "w") as f:
-        json.dump(result, f, indent=1)
-    text = table(summary)
-    with open(stem + ".md", "w") as f:
-        f.write(f"# Routed heads with and without the pooled tail: {size.name} yardstick ({size.tokens} tokens, "
-                f"{summary['head_count']} heads)\n\nProbe steps {result['sampling']['probe_steps']} of "
-                f"{args.steps} (cfg {cfg:g}), {args.query_fraction:g} of the query blocks, CPU float64; "
-                f"benchmarks/routed_tail.py.\n\n{text}\n")
+    atomic_write_text(stem + ".json", json.dumps(result, indent=1))
+    atomic_write_text(stem + ".md", markdown(result))
     print(f"wrote {stem}.json and .md in {result['seconds']} s")
-    print(text)
+    print(table(result))
     return result
 
 
-def comfyui_version() -> str | None:
+def comfyui_release() -> str | None:
     try:
         import comfyui_version
         return comfyui_version.__version__
