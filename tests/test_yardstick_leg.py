@@ -83,3 +83,11 @@ def test_park_moves_what_a_leg_call_need_not_send_and_unpark_brings_it_back(tmp_
     leg("unpark", "--root", str(root), "--parked", str(parked))
     assert (root / "yardstick" / "wan480_checkpoint" / "index.json").stat().st_size == 10
     assert not any(files for _, _, files in os.walk(parked))
+    # `land` rebuilds the weights while they are parked: unpark keeps that newer file, not the parked one
+    leg("park", "leg", "--root", str(root), "--parked", str(parked))
+    (root / "yardstick" / "wan480_yardstick.safetensors").write_bytes(b"n" * 7)
+    out = leg("unpark", "--root", str(root), "--parked", str(parked))
+    assert (root / "yardstick" / "wan480_yardstick.safetensors").read_bytes() == b"n" * 7
+    assert "kept the checkout's newer" in out
+    assert (root / "yardstick" / "wan_tiny_yardstick.safetensors").stat().st_size == 3000
+    assert not any(files for _, _, files in os.walk(parked))

@@ -319,7 +319,13 @@ def unpark(args) -> None:
             shutil.move(dirpath, os.path.join(args.root, rel))
             print(f"back: {rel}")
         for name in files:
-            shutil.move(os.path.join(dirpath, name), os.path.join(args.root, rel, name))
+            src, dst = os.path.join(dirpath, name), os.path.join(args.root, rel, name)
+            if os.path.exists(dst):
+                # Written after `park` (by `land`, which rebuilds the weights): newer than the parked copy.
+                os.remove(src)
+                print(f"kept the checkout's newer {os.path.join(rel, name)}; dropped the parked copy")
+                continue
+            shutil.move(src, dst)
             print(f"back: {os.path.join(rel, name)}")
 
 
