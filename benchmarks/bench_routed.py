@@ -7,6 +7,9 @@ synthetic_inputs.py) one layer call of:
   - every head routed at 5 / 10 / 20% of the key blocks, routing included
     (layer_attention: pooled means, scores, selection, table write, kernel);
     the routing pass and the kernel are also timed apart,
+  - the same with the pooled tail (GPU only: routing, the tail's block
+    means and listed flags, the 16-bit kernel's tail branch; "routing ms"
+    is then routing + tail building),
   - comfy-kitchen's Sol-Attn with topk_ratio at the same share, and at the
     tau its tooltip maps to that share (tau 1.0 keeps about 16%, 2.0 about
     2.7%). Its kernel reports no block count, so the share it really keeps
@@ -44,6 +47,7 @@ except ImportError:  # a bare checkout: the repo root is the package, link it un
 from sparse_vdit.kernels import routing  # noqa: E402
 from sparse_vdit.kernels.dense import dense_attention  # noqa: E402
 from sparse_vdit.kernels.dispatch import as_blhd, layer_attention  # noqa: E402
+from sparse_vdit.kernels.triton_sparse import sparse_attention_triton  # noqa: E402
 from sparse_vdit.patterns import Geometry, LayerPattern, Routed, compile_layer  # noqa: E402
 from synthetic_inputs import video_like_layer  # noqa: E402
 
@@ -103,6 +107,18 @@ def run_shape(name: str, spec: dict, kitchen, device, timer, log) -> list[dict]:
         route_ms = timer(lambda: routing.route(q4, k4, compiled))
         record("routed (ours)", f"share={share:g}", total, as_blhd(out, "flat", heads), kept,
                routing_ms=route_ms, blocks_per_row=compiled.routing[0].k, n_k_blocks=compiled.table.n_k_blocks)
+        if device.type == "cuda":  # the pooled tail: the 16-bit kernel's HAS_TAIL branch
+            out4 = torch.empty_like(q4)
+
+            def with_tail():
+                routing.route(q4, k4, compiled)
+                sparse_attention_triton(q4, k4, v4, out4, compiled.table,
+                                        tail=routing.pooled_tail(k4, v4, compiled))
+
+            with_tail()
+            record("routed + tail (ours)", f"share={share:g}", timer(with_tail), out4, kept,
+                   routing_ms=timer(lambda: (routing.route(q4, k4, compiled), routing.pooled_tail(k4, v4, compiled))),
+                   blocks_per_row=compiled.routing[0].k, n_k_blocks=compiled.table.n_k_blocks)
     if kitchen is None:
         return rows
 

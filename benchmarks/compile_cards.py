@@ -151,7 +151,17 @@ def _sig16(dtype: str, tma: bool, head_dim: int, block_n: int, rows: bool) -> tu
                                         "sol", "soh")})
     if not rows:
         sig.update({name: _I32 for name in ("k_rb", "k_rh", "k_ch", "v_rb", "v_rh", "v_ch")})
+        sig.update(tail_signature(dtype))
     return tuple(sig.items())
+
+
+def tail_signature(dtype: str) -> dict:
+    """The one-row kernel's pooled-tail arguments (routed rows; placeholders
+    when HAS_TAIL is off)."""
+    sig = {"KM": f"*{dtype}", "VM": f"*{dtype}", "tail_rows": "*i32", "tail_listed": "*u8"}
+    sig.update({name: _I32 for name in ("skmb", "skml", "skmh", "svmb", "svml", "svmh", "tail_head0")})
+    sig.update({"full_log2c": "fp32", "last_log2c": "fp32"})
+    return sig
 
 
 def _sig8(tma: bool, pv_fp8: bool, head_dim: int, block_n: int) -> tuple:
@@ -188,7 +198,7 @@ def variants(arch: int) -> list[Variant]:
                 continue  # Hopper's pointer fallback: the default shape is enough
             cfg = row.config16(head_dim, block_n)
             const = dict(HEAD_DIM=head_dim, BLOCK_M=128, BLOCK_N=block_n, USE_TMA=tma, USE_ORDER=False,
-                         KV_TAIL=True, DOT_PREC="tf32", UPCAST=False, WARP_SPEC=False, TILE_M=128)
+                         KV_TAIL=True, DOT_PREC="tf32", UPCAST=False, WARP_SPEC=False, TILE_M=128, HAS_TAIL=False)
             out.append(Variant("bf16", "sparse_vdit.kernels.triton_sparse:_sparse_attn_fwd",
                                f"bf16 {'TMA' if tma else 'pointer'} d{head_dim} 128x{block_n}",
                                _sig16("bf16", tma, head_dim, block_n, False), tuple(const.items()),

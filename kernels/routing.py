@@ -12,6 +12,8 @@ dense rows gets the routed entries copied (copy_routed).
 """
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 
 from ..patterns.geometry import Geometry
@@ -86,3 +88,53 @@ def routed_block_masks(q4: torch.Tensor, k4: torch.Tensor, geometry: Geometry, s
         chosen = group_selection(q4, k4, group, block_m, block_n, q4.shape[-1] ** -0.5 if scale is None else scale)
         masks[:, group.rows] = torch.zeros_like(masks[:, group.rows]).scatter_(2, chosen, True)
     return masks
+
+
+class PooledTail(NamedTuple):
+    """What the 16-bit kernel needs to give routed rows a pooled tail (the
+    semantics: kernels/routed_tail_reference.py): every key block a routed
+    row does not list enters its softmax as one key, the block's mean key
+    carrying the block's mean value, weighted by its token count."""
+    k_mean: torch.Tensor  # [B, n_k, h, D], the input dtype: heads head0 .. head0 + h - 1
+    v_mean: torch.Tensor  # [B, n_k, h, D]
+    head0: int
+    rows: torch.Tensor    # int32 [table rows]: the row's index into `listed`, -1 for rows without a tail
+    listed: torch.Tensor  # uint8 [tail rows, n_k]: 1 where the row lists the key block
+
+
+_TAIL_ROWS_KEY = "routed_tail_rows"
+
+
+def _tail_rows(compiled: CompiledLayer) -> torch.Tensor:
+    """int32 [table rows]: routed rows numbered group by group, -1 elsewhere
+    (static per compiled layer: cached on the table)."""
+    table = compiled.table
+    if _TAIL_ROWS_KEY not in table.derived:
+        rows = torch.full((len(table.kv_offsets) - 1,), -1, dtype=torch.int32, device=table.kv_offsets.device)
+        first = 0
+        for group in compiled.routing:
+            n = len(group.table_rows)
+            rows[group.table_rows] = torch.arange(first, first + n, dtype=torch.int32, device=rows.device)
+            first += n
+        table.derived[_TAIL_ROWS_KEY] = rows
+    return table.derived[_TAIL_ROWS_KEY]
+
+
+def pooled_tail(k4: torch.Tensor, v4: torch.Tensor, compiled: CompiledLayer) -> PooledTail:
+    """This call's pooled tail for every routed row of compiled (after
+    route() wrote the rows). k4, v4: [B, L, H, D]. No host synchronisation."""
+    if not compiled.routing:
+        raise ValueError("the layer has no routed heads: no tail to build")
+    table = compiled.table
+    routed_heads = [h for group in compiled.routing for h in group.heads]
+    head0, head1 = min(routed_heads), max(routed_heads)
+    k_mean, v_mean = (block_means(x[:, :, head0:head1 + 1], table.block_n).to(x.dtype) for x in (k4, v4))
+    rows = _tail_rows(compiled)
+    listed = torch.zeros(sum(len(g.table_rows) for g in compiled.routing), table.n_k_blocks, dtype=torch.uint8,
+                         device=k4.device)
+    first = 0
+    for group in compiled.routing:
+        chosen = table.kv_indices[group.positions].view(-1, group.k).long()
+        listed[first:first + len(chosen)].scatter_(1, chosen, 1)
+        first += len(chosen)
+    return PooledTail(k_mean, v_mean, head0, rows, listed)

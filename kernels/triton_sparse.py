@@ -35,6 +35,12 @@ the ragged last key block (seq_len not a multiple of BLOCK_N) is peeled off
 the loop and loaded with masked pointer loads, so the hot loop stays clean
 and nothing past seq_len is ever read through a descriptor.
 
+Pooled tail (routed rows, optional, HAS_TAIL): after its listed blocks a
+routed row also attends one pooled key per key block it does not list (the
+block's mean key and value, + log2 of its token count), read from small
+[B, n_k, h, D] tensors that routing.pooled_tail() builds per call, BLOCK_N
+pooled keys a step. Without a tail the branch is compiled out.
+
 Misaligned bands: tokens per frame (1,560 at Wan 480p, 3,600 at 720p) are
 not multiples of 64 or 128, so a multi-diagonal band lands at a different
 offset inside a key block in each frame and the table lists the partial
@@ -53,6 +59,7 @@ table.computed_pairs()).
 """
 from __future__ import annotations
 
+import math
 from typing import Optional
 
 import torch
@@ -117,15 +124,46 @@ if triton is not None:
         return _attend_block(acc, m_i, l_i, q, k, v, qk_scale, kb * BLOCK_N, seq_len, False, BLOCK_N, DOT_PREC)
 
     @triton.jit
+    def _pooled_tail(acc, m_i, l_i, q, km_base, vm_base, listed_row, skml, svml, offs_n, offs_d, qk_scale,
+                     n_k_blocks, full_log2c, last_log2c,
+                     BLOCK_N: tl.constexpr, DOT_PREC: tl.constexpr, UPCAST: tl.constexpr):
+        """A routed row's pooled tail: every key block the row does not list,
+        as one key (its mean key and value) weighted by its token count c
+        (score + log2 c in the kernel's log2 units), BLOCK_N blocks a step."""
+        for c0 in tl.range(0, n_k_blocks, BLOCK_N):
+            cols = c0 + offs_n
+            ok = cols < n_k_blocks
+            c64 = cols[:, None].to(tl.int64)
+            km = tl.load(km_base + c64 * skml + offs_d[None, :], mask=ok[:, None], other=0.0)
+            vm = tl.load(vm_base + c64 * svml + offs_d[None, :], mask=ok[:, None], other=0.0)
+            if UPCAST:
+                km = km.to(tl.float32)
+                vm = vm.to(tl.float32)
+            dropped = ok & (tl.load(listed_row + cols, mask=ok, other=1) == 0)
+            log2c = tl.where(cols == n_k_blocks - 1, last_log2c, full_log2c)
+            s = tl.dot(q, tl.trans(km), input_precision=DOT_PREC) * qk_scale + log2c[None, :]
+            s = tl.where(dropped[None, :], s, float("-inf"))
+            m_new = tl.maximum(m_i, tl.max(s, 1))
+            m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # nothing seen yet: keep zeros, not NaN
+            p = tl.math.exp2(s - m_safe[:, None])
+            alpha = tl.math.exp2(m_i - m_safe)
+            l_i = l_i * alpha + tl.sum(p, 1)
+            acc = tl.dot(p.to(vm.dtype), vm, acc * alpha[:, None], input_precision=DOT_PREC)
+            m_i = m_new
+        return acc, m_i, l_i
+
+    @triton.jit
     def _sparse_attn_fwd(
         Q, K, V, O, k_desc, v_desc,
         kv_offsets, kv_indices, heads_ptr, row_order,
         seq_len, n_q_blocks, n_k_blocks, qk_scale,
         sqb, sql, sqh, skb, skl, skh, svb, svl, svh, sob, sol, soh,
         k_rb, k_rh, k_ch, v_rb, v_rh, v_ch,
+        KM, VM, tail_rows, tail_listed, skmb, skml, skmh, svmb, svml, svmh, tail_head0, full_log2c, last_log2c,
         HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
         USE_TMA: tl.constexpr, USE_ORDER: tl.constexpr, KV_TAIL: tl.constexpr,
         DOT_PREC: tl.constexpr, UPCAST: tl.constexpr, WARP_SPEC: tl.constexpr, TILE_M: tl.constexpr,
+        HAS_TAIL: tl.constexpr,
     ):
         SPLIT: tl.constexpr = BLOCK_M // TILE_M  # programs per table row (query tiles of TILE_M)
         pid = tl.program_id(0) // SPLIT
@@ -189,6 +227,16 @@ if triton is not None:
                     v = v.to(tl.float32)
                 acc, m_i, l_i = _attend_block(acc, m_i, l_i, q, k, v, qk_scale, kv_start, seq_len,
                                               True, BLOCK_N, DOT_PREC)
+
+        if HAS_TAIL:  # compiled out otherwise: tables without routed tails run exactly as before
+            trow = tl.load(tail_rows + row)
+            if trow >= 0:
+                hh = (head - tail_head0).to(tl.int64)
+                acc, m_i, l_i = _pooled_tail(acc, m_i, l_i, q, KM + b64 * skmb + hh * skmh,
+                                             VM + b64 * svmb + hh * svmh,
+                                             tail_listed + trow.to(tl.int64) * n_k_blocks, skml, svml,
+                                             offs_n, offs_d, qk_scale, n_k_blocks, full_log2c, last_log2c,
+                                             BLOCK_N, DOT_PREC, UPCAST)
 
         # A row with no listed blocks has acc = 0 and l = 0: write zeros.
         l_safe = tl.where(l_i == 0.0, 1.0, l_i)
@@ -296,8 +344,29 @@ def _check(q, k, v, out, seq_len, block_m, block_n, n_heads_table):
         raise ValueError("empty table")
 
 
+def _tail_args(tail, q, kv_offsets, seq_len: int, block_n: int) -> tuple:
+    """The kernel's pooled-tail arguments (kernels/routing.PooledTail), or
+    placeholders that HAS_TAIL=False never reads."""
+    if tail is None:
+        return (q, q, kv_offsets, kv_offsets, 0, 0, 0, 0, 0, 0, 0, 0.0, 0.0)
+    n_k = -(-seq_len // block_n)
+    batch, heads = q.shape[0], q.shape[2]
+    k_mean, v_mean = tail.k_mean, tail.v_mean
+    for name, x in (("k_mean", k_mean), ("v_mean", v_mean)):
+        if x.shape[0] != batch or x.shape[1] != n_k or x.shape[3] != q.shape[3] or x.dtype != q.dtype \
+                or x.stride(-1) != 1 or tail.head0 + x.shape[2] > heads:
+            raise ValueError(f"tail {name} {tuple(x.shape)} {x.dtype} does not fit q {tuple(q.shape)} {q.dtype}")
+    if tail.rows.numel() != kv_offsets.numel() - 1 or tail.rows.dtype != torch.int32 \
+            or tail.listed.dtype != torch.uint8 or tail.listed.shape[-1] != n_k or not tail.listed.is_contiguous():
+        raise ValueError("tail rows / listed do not fit the table")
+    last = seq_len - (n_k - 1) * block_n
+    return (k_mean, v_mean, tail.rows, tail.listed, *k_mean.stride()[:3], *v_mean.stride()[:3], tail.head0,
+            math.log2(block_n), math.log2(last))
+
+
 def _launch(q, k, v, out, kv_offsets, kv_indices, heads_t, order, seq_len: int,
-            block_m: int, block_n: int, scale: Optional[float] = None, config: Optional[dict] = None) -> None:
+            block_m: int, block_n: int, scale: Optional[float] = None, config: Optional[dict] = None,
+            tail=None) -> None:
     n_slots = heads_t.numel()
     _check(q, k, v, out, seq_len, block_m, block_n, n_slots)
     batch, _, n_heads, head_dim = q.shape
@@ -315,7 +384,9 @@ def _launch(q, k, v, out, kv_offsets, kv_indices, heads_t, order, seq_len: int,
     use_order = order is not None
     order_arg = order if use_order else kv_offsets
 
-    rows = int(cfg.get("rows_per_program") or 1)
+    # A pooled tail (routed rows) is served by the one-row-per-program kernel only.
+    rows = 1 if tail is not None else int(cfg.get("rows_per_program") or 1)
+    tail_args = _tail_args(tail, q, kv_offsets, seq_len, block_n)
     want_tma = bool(cfg.get("tma")) and TensorDescriptor is not None
     k_desc, v_desc = k, v
     kg = vg = (0, 0, 0)
@@ -353,9 +424,11 @@ def _launch(q, k, v, out, kv_offsets, kv_indices, heads_t, order, seq_len: int,
             v.stride(0), v.stride(1), v.stride(2),
             target.stride(0), target.stride(1), target.stride(2),
             kg[0], kg[1], kg[2], vg[0], vg[1], vg[2],
+            *tail_args,
             HEAD_DIM=head_dim, BLOCK_M=block_m, BLOCK_N=block_n,
             USE_TMA=use_tma, USE_ORDER=use_order, KV_TAIL=(seq_len % block_n != 0),
             DOT_PREC=dot_prec, UPCAST=upcast, WARP_SPEC=bool(cfg.get("ws", False)), TILE_M=tile_m,
+            HAS_TAIL=tail is not None,
             num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
         )
     if target is not out:
@@ -398,9 +471,11 @@ _op = _register_op() if triton is not None else None
 
 
 def sparse_attention_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor,
-                            table, scale: Optional[float] = None) -> None:
+                            table, scale: Optional[float] = None, tail=None) -> None:
     """Write out[:, :, h] for every h in table.heads: block-sparse attention
     over the key blocks the table lists. q, k, v, out: [B, L, H, D] views.
+    tail: a kernels.routing.PooledTail for this call (routed rows also see
+    their dropped key blocks pooled; eager calls only so far).
 
     Raises ValueError for shapes the kernel does not serve (head_dim not in
     64/128, other dtypes, block sizes not in 64/128): route those elsewhere.
@@ -419,7 +494,12 @@ def sparse_attention_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, o
     if heads_t is None:  # first call inside a compiled region: built per call
         heads_t = torch.tensor(table.heads, dtype=torch.int32, device=q.device)
     order = table.derived.get(_ORDER_KEYS.get(DEFAULT_ORDER, ""))
-    if compiling:
+    if tail is not None:
+        if compiling:
+            raise NotImplementedError("the pooled tail is not part of the custom op yet: call it eagerly")
+        _launch(q, k, v, out, table.kv_offsets, table.kv_indices, heads_t, order,
+                table.seq_len, table.block_m, table.block_n, scale, tail=tail)
+    elif compiling:
         _op(q, k, v, out, table.kv_offsets, table.kv_indices, heads_t, order,
             table.seq_len, table.block_m, table.block_n, scale)
     else:  # eager: skip the custom-op dispatch overhead

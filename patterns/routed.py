@@ -110,6 +110,7 @@ class RoutedGroup:
     rows: torch.Tensor         # int64 [n_routed]: routed query blocks
     forced: torch.Tensor       # bool [n_routed, n_k]
     positions: torch.Tensor    # int64 [h * n_routed * k]: their entries in the table's kv_indices
+    table_rows: torch.Tensor | None = None  # int64 [h * n_routed]: their table rows (in positions' order)
 
 
 def routed_groups(patterns: tuple[Pattern, ...], heads: tuple[int, ...], kv_offsets: torch.Tensor,
@@ -124,9 +125,9 @@ def routed_groups(patterns: tuple[Pattern, ...], heads: tuple[int, ...], kv_offs
     offsets = kv_offsets.to(torch.int64)
     for share, slots in by_share.items():
         layout = routed_layout(geometry, share, block_m, block_n)
-        starts = offsets[torch.tensor(slots)[:, None] * layout.n_q + layout.rows[None, :]]  # [h, n_routed]
-        positions = (starts[..., None] + torch.arange(layout.k)).flatten()
+        rows = torch.tensor(slots)[:, None] * layout.n_q + layout.rows[None, :]  # [h, n_routed] table rows
+        positions = (offsets[rows][..., None] + torch.arange(layout.k)).flatten()
         chosen = tuple(heads[s] for s in slots)
         groups.append(RoutedGroup(chosen, torch.tensor(chosen, device=device), layout.k, layout.rows.to(device),
-                                  layout.forced.to(device), positions.to(device)))
+                                  layout.forced.to(device), positions.to(device), rows.flatten().to(device)))
     return tuple(groups)

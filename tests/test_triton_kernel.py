@@ -366,12 +366,15 @@ def _cuda_backend_or_skip():
         pytest.skip("interpreter enabled in this process")
 
 
-@pytest.mark.parametrize("tma,tile_m,ws", [(True, 128, False), (True, 64, False), (False, 128, False)])
-def test_kernel_compiles_for_sm90(tma, tile_m, ws):
+@pytest.mark.parametrize("tma,tile_m,ws,has_tail", [(True, 128, False, False), (True, 64, False, False),
+                                                    (False, 128, False, False), (True, 128, False, True)])
+def test_kernel_compiles_for_sm90(tma, tile_m, ws, has_tail):
     """Variants the host code can launch compile for Hopper (the interpreter
     runs plain Python and cannot catch code-generator errors)."""
     _cuda_backend_or_skip()
     from sparse_vdit.kernels import triton_sparse as ts
+    sys.path.insert(0, os.path.join(os.path.dirname(HERE), "benchmarks"))
+    from compile_cards import tail_signature
     sig = {name: "*bf16" for name in ("Q", "K", "V", "O")}
     sig["k_desc"] = sig["v_desc"] = "tensordesc<bf16[64, 128]>" if tma else "*bf16"
     sig.update({name: "*i32" for name in ("kv_offsets", "kv_indices", "heads_ptr", "row_order")})
@@ -379,8 +382,9 @@ def test_kernel_compiles_for_sm90(tma, tile_m, ws):
                                          "skh", "svb", "svl", "svh", "sob", "sol", "soh", "k_rb", "k_rh", "k_ch",
                                          "v_rb", "v_rh", "v_ch")})
     sig["qk_scale"] = "fp32"
+    sig.update(tail_signature("bf16"))
     const = dict(HEAD_DIM=128, BLOCK_M=128, BLOCK_N=64, USE_TMA=tma, USE_ORDER=False, KV_TAIL=True,
-                 DOT_PREC="tf32", UPCAST=False, WARP_SPEC=ws, TILE_M=tile_m)
+                 DOT_PREC="tf32", UPCAST=False, WARP_SPEC=ws, TILE_M=tile_m, HAS_TAIL=has_tail)
     compiled = _compile_sm(ts._sparse_attn_fwd, sig, const, 90, num_stages=2)
     assert "warp_group_dot" in compiled.asm["ttgir"]
 
