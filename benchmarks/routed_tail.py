@@ -193,7 +193,7 @@ def main(argv=None):
     probe_at = sorted({int(s) for s in args.probe_steps.split(",")})
     if not probe_at or probe_at[0] < 0 or probe_at[-1] >= args.steps:
         raise SystemExit(f"--probe-steps must lie in 0..{args.steps - 1}, got {args.probe_steps!r}")
-    cfg = args.cfg if args.cfg is not None else (common.CFG if size.name == "tiny" else 3.0)
+    cfg = args.cfg if args.cfg is not None else common.default_cfg(size)
     weights = ymodel.weights_path(size)
     start = time.perf_counter()
     patcher = common.setup(args.comfyui, weights, "cpu")
@@ -209,7 +209,7 @@ def main(argv=None):
               "menu": MENU, "shares": list(SHARES),
               "error_unit": "squared error / (1% of the layer's dense output power), worst probed step",
               "env": {"torch": torch.__version__, "cpu": platform.processor() or platform.machine(),
-                      "threads": torch.get_num_threads(), "comfyui": comfyui_release()},
+                      "threads": torch.get_num_threads(), "comfyui": common.comfyui_release()},
               "seconds": round(time.perf_counter() - start, 1), **summary}
     os.makedirs(args.results, exist_ok=True)
     stem = os.path.join(args.results, f"routed_tail_{size.name}")
@@ -218,14 +218,6 @@ def main(argv=None):
     print(f"wrote {stem}.json and .md in {result['seconds']} s")
     print(table(result))
     return result
-
-
-def comfyui_release() -> str | None:
-    try:
-        import comfyui_version
-        return comfyui_version.__version__
-    except ImportError:
-        return None
 
 
 if __name__ == "__main__":

@@ -1,8 +1,9 @@
-"""Routed heads with a pooled tail, in float64 (issue 23): the definition a
-tail kernel, if one is ever written, is checked against.
+"""Routed heads with a pooled tail, in float64 (issue 23): the definition the
+16-bit kernel's tail (triton_sparse.py, HAS_TAIL; routing.pooled_tail) is
+checked against (tests/test_routed_tail_kernel.py).
 
 A routed query block lists some key blocks (a row of its block mask).
-Without a tail (our kernel today) its softmax runs over the tokens of those
+Without a tail (plans today) its softmax runs over the tokens of those
 blocks only. With the pooled tail (as ComfyUI core's Sol-Attn) every key
 block the row does NOT list still enters the same softmax as one pooled
 key: the block's mean key, carrying the block's mean value, weighted by its
@@ -29,7 +30,7 @@ _CHUNK_FLOATS = 1 << 25  # float64 block sums held at once per chunk of query bl
 
 class TailOutputs(NamedTuple):
     tail: torch.Tensor     # float64 [..., B, R, H, D]: listed blocks exact, dropped blocks pooled
-    no_tail: torch.Tensor  # float64 [..., B, R, H, D]: listed blocks only (the kernel today)
+    no_tail: torch.Tensor  # float64 [..., B, R, H, D]: listed blocks only (HAS_TAIL off)
 
 
 def query_rows(query_blocks: torch.Tensor, block_m: int, seq_len: int) -> torch.Tensor:

@@ -81,7 +81,7 @@ def main():
     ap.add_argument("--steps", type=int, default=common.STEPS)
     args = ap.parse_args()
     size = size_named(args.size)
-    cfg = args.cfg if args.cfg is not None else (common.CFG if size.name == "tiny" else 3.0)
+    cfg = args.cfg if args.cfg is not None else common.default_cfg(size)
     weights = args.weights or ymodel.weights_path(size)
     patcher = common.setup(args.comfyui, weights, args.device)
     torch.manual_seed(0)

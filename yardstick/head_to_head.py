@@ -65,7 +65,7 @@ import ys_model as ymodel  # noqa: E402
 from h2h_timing import AttentionTimer  # noqa: E402
 from ys_sizes import size_named  # noqa: E402
 
-CFG = 3.0
+CFG = common.GUIDED_CFG
 EXTRA_TOKENS = 256       # core node's extra_tokens default
 CORE_MIN_TOKENS = 12288  # core node's min_tokens default
 SOL_TAUS = (1.0, 1.3, 1.6, 2.0)
@@ -122,11 +122,7 @@ def env_info(device, kitchen_version) -> dict:
         info["triton"] = triton.__version__
     except ImportError:
         info["triton"] = None
-    try:
-        import comfyui_version
-        info["comfyui"] = comfyui_version.__version__
-    except ImportError:
-        info["comfyui"] = None
+    info["comfyui"] = common.comfyui_release()
     return info
 
 

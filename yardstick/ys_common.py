@@ -23,6 +23,21 @@ from ys_sizes import TINY, YardstickSize  # noqa: E402
 CALIB_CLASSES = (0, 1, 2, 3)    # calibration prompts
 HELDOUT_CLASSES = (4, 5, 6, 7)  # evaluation prompts (never seen by calibration)
 STEPS, SAMPLER, SCHEDULER, CFG = 20, "euler", "simple", 1.0
+GUIDED_CFG = 3.0  # the video-scale sizes learnt the empty prompt (10% of samples), so they sample at cfg 3
+
+
+def default_cfg(size: YardstickSize) -> float:
+    """The tiny model samples without guidance; the video-scale sizes at cfg 3."""
+    return CFG if size.name == "tiny" else GUIDED_CFG
+
+
+def comfyui_release() -> str | None:
+    """The imported ComfyUI's version (comfyui_version.py), or None."""
+    try:
+        import comfyui_version
+        return comfyui_version.__version__
+    except ImportError:
+        return None
 WARMUP = 0.2  # dense warm-up share of the steps (the pack's default)
 
 
