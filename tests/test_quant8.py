@@ -35,7 +35,7 @@ import compile_cards  # noqa: E402
 from compile_cards import fp8_dot_accumulators  # noqa: E402
 from test_triton_kernel import (G_MID, G_ODD, G_VID, _compile_sm, _cuda_backend_or_skip, _inputs,  # noqa: E402
                                 _make_layer, _triton_importable, interpreter_worker_results, oracle, rel,
-                                route_layer)
+                                report_cases, route_layer, start_worker)
 
 # Error of the kernel against the emulated reference (its own arithmetic:
 # with FP8 PV that includes P's e4m3 rounding, about 2^-4 relative per
@@ -684,17 +684,8 @@ ALL_INTERP = [*PREPASS_CASES, *CASES8, *OTHER]
 
 
 def _worker(names):
-    os.environ["TRITON_INTERPRET"] = "1"
-    torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
-    results = {}
-    for name in names:
-        try:
-            results[name] = {"ok": True, **run_case8(name, torch.device("cpu"))}
-        except Exception as error:  # reported per case by the parent
-            import traceback
-            results[name] = {"ok": False, "error": f"{type(error).__name__}: {error}",
-                             "trace": traceback.format_exc()[-2000:]}
-    print("@@RESULTS@@" + json.dumps(results))
+    start_worker()
+    report_cases(names, lambda name: run_case8(name, torch.device("cpu")))
 
 
 @pytest.fixture(scope="module")

@@ -21,7 +21,8 @@ import torch
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
-from test_triton_kernel import _inputs, _pattern, interpreter_worker_results, rel  # noqa: E402
+from test_triton_kernel import (_inputs, _pattern, interpreter_worker_results, rel, report_cases,  # noqa: E402
+                                start_worker)
 
 # name -> (geometry (frames, rows, cols, prefix, suffix), heads, dtype, head_dim, layout, batch, bm, bn, cfg)
 CASES = {
@@ -105,20 +106,10 @@ def check_tail_errors(ts, device):
 
 
 def _worker(names):
-    os.environ["TRITON_INTERPRET"] = "1"
-    torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+    start_worker()
     from sparse_vdit.kernels import triton_sparse as ts
-    results = {}
-    for name in names:
-        try:
-            got = check_tail_errors(ts, torch.device("cpu")) if name == "errors" else \
-                check_tail_case(name, torch.device("cpu"), ts)
-            results[name] = {"ok": True, **got}
-        except Exception as error:  # reported per case by the parent
-            import traceback
-            results[name] = {"ok": False, "error": f"{type(error).__name__}: {error}",
-                             "trace": traceback.format_exc()[-2000:]}
-    print("@@RESULTS@@" + json.dumps(results))
+    cpu = torch.device("cpu")
+    report_cases(names, lambda name: check_tail_errors(ts, cpu) if name == "errors" else check_tail_case(name, cpu, ts))
 
 
 @pytest.fixture(scope="module")

@@ -281,21 +281,32 @@ def run_case(name, device, ts):
 # --------------------------------------------------------------------------
 # CPU: interpreter worker in a subprocess
 # --------------------------------------------------------------------------
-def _worker(names):
+def start_worker() -> None:
+    """First thing in a worker: the interpreter on before triton is imported."""
     os.environ["TRITON_INTERPRET"] = "1"
     torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
-    from sparse_vdit.kernels import triton_sparse as ts
+
+
+def report_cases(names, run_one) -> None:
+    """The worker side of interpreter_worker_results: run_one(name) per case,
+    each failure reported with its trace, the results printed for the parent."""
     results = {}
-    device = torch.device("cpu")
-    assert ts.triton_available(device)
     for name in names:
         try:
-            results[name] = {"ok": True, **run_case(name, device, ts)}
+            results[name] = {"ok": True, **run_one(name)}
         except Exception as error:  # reported per case by the parent
             import traceback
             results[name] = {"ok": False, "error": f"{type(error).__name__}: {error}",
                              "trace": traceback.format_exc()[-2000:]}
     print("@@RESULTS@@" + json.dumps(results))
+
+
+def _worker(names):
+    start_worker()
+    from sparse_vdit.kernels import triton_sparse as ts
+    device = torch.device("cpu")
+    assert ts.triton_available(device)
+    report_cases(names, lambda name: run_case(name, device, ts))
 
 
 def _triton_importable():
