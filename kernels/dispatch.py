@@ -203,9 +203,8 @@ def layer_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, compiled:
     if seq_len != compiled.geometry.seq_len or k4.shape[1] != seq_len:
         raise ValueError(f"plan compiled for {compiled.geometry.seq_len} tokens, call has q {seq_len} / k {k4.shape[1]}")
     eight = use_8bit(q4, compiled, precision, backend)
-    if eight and compiled.tail_rows is not None:  # `auto` picks 16 bits here without a word
-        if precision == "8-bit":
-            _log_8bit_once("routed heads with a pooled tail are served by the 16-bit kernel only")
+    if eight and compiled.tail_rows is not None:
+        _log_8bit_once("routed heads with a pooled tail are served by the 16-bit kernel only")
         eight = False
     full8 = eight and bool(compiled.full_heads) and (dense_fn is None if full_heads_8bit is None else full_heads_8bit)
     if eight and compiled.table is None and not full8:

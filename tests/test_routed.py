@@ -253,21 +253,3 @@ def test_routed_tail_field():
     layer = compile_layer(LayerPattern((Routed(0.1), Routed(0.1, tail=True))), GEOMETRY, "cpu", BM, BN)
     assert sorted(g.tail for g in layer.routing) == [False, True]  # one group per (share, tail)
     assert compile_layer(LayerPattern((Routed(0.1),)), GEOMETRY, "cpu", BM, BN).tail_rows is None
-
-
-def test_tail_layer_runs_16_bit_when_8_bits_are_asked_for(monkeypatch, caplog):
-    """Only the 16-bit kernel has the tail: a layer with tailed routed heads
-    runs there, with one log line when 8 bits were asked for, none for auto."""
-    monkeypatch.setattr(dispatch, "use_8bit", lambda *args: True)  # as on a GPU that runs 8 bits
-    monkeypatch.setattr(dispatch, "_logged_8bit", set())
-    monkeypatch.setattr(dispatch, "_attention_8bit", lambda *args: pytest.fail("the 8-bit kernel was called"))
-    heads, dim = len(TAILED.heads), 16
-    compiled = compile_layer(TAILED, GEOMETRY, "cpu", BM, BN)
-    flat = [x.reshape(1, GEOMETRY.seq_len, heads * dim) for x in qkv(1, GEOMETRY, heads, dim, seed=8)]
-    want = dispatch.layer_attention(*flat, compiled, heads=heads, backend="reference", precision="bf16")
-    with caplog.at_level("WARNING", logger="sparse_vdit"):
-        auto = dispatch.layer_attention(*flat, compiled, heads=heads, backend="reference", precision="auto")
-        assert not caplog.records
-        got = dispatch.layer_attention(*flat, compiled, heads=heads, backend="reference", precision="8-bit")
-    assert torch.equal(got, want) and torch.equal(auto, want)
-    assert [r.getMessage() for r in caplog.records if "pooled tail" in r.getMessage()] and len(caplog.records) == 1
