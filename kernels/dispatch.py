@@ -12,7 +12,8 @@ launch as dense rows) or "auto" (8-bit when the call is eligible and its
 rows are long enough to repay the quantization pre-pass on this card: the
 card's auto_min_keys in launch_table.py, from its 8-bit:16-bit tensor rates;
 never on a card the table does not know). A call the 8-bit path cannot
-serve runs in bf16, with one log line per reason.
+serve runs in bf16, with one log line per reason; so does a layer with
+routed heads that ask for the pooled tail (only the 16-bit kernel has it).
 """
 from __future__ import annotations
 
@@ -93,7 +94,7 @@ def _new_output(shape, like: torch.Tensor) -> torch.Tensor:
     return torch.empty(shape, dtype=like.dtype, device=like.device)
 
 
-def _sparse_heads(q, k, v, out, compiled: CompiledLayer, backend: str) -> None:
+def _sparse_heads(q, k, v, out, compiled: CompiledLayer, backend: str, tail=None) -> None:
     table = compiled.table
     if backend in ("auto", "triton"):
         from . import triton_backend
@@ -101,7 +102,7 @@ def _sparse_heads(q, k, v, out, compiled: CompiledLayer, backend: str) -> None:
         key = (q.device.type, q.dtype, q.shape[-1], table.seq_len)
         if key not in _triton_failures and triton_backend.can_serve(q):
             try:
-                triton_backend.run(q, k, v, out, table)
+                triton_backend.run(q, k, v, out, table, tail)
                 return
             except Exception as error:  # never fail a generation on a kernel
                 if backend == "triton":
@@ -110,7 +111,7 @@ def _sparse_heads(q, k, v, out, compiled: CompiledLayer, backend: str) -> None:
                 log.warning("sparse_vdit: Triton kernel failed (%s); using the reference path for %s", error, key)
         elif backend == "triton":
             raise RuntimeError("Triton backend requested but it cannot serve this call")
-    _put_heads(out, compiled.sparse_heads, reference_sparse_attention(q, k, v, table))
+    _put_heads(out, compiled.sparse_heads, reference_sparse_attention(q, k, v, table, tail=tail))
 
 
 def _log_8bit_once(reason: str) -> None:
@@ -202,6 +203,10 @@ def layer_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, compiled:
     if seq_len != compiled.geometry.seq_len or k4.shape[1] != seq_len:
         raise ValueError(f"plan compiled for {compiled.geometry.seq_len} tokens, call has q {seq_len} / k {k4.shape[1]}")
     eight = use_8bit(q4, compiled, precision, backend)
+    if eight and compiled.tail_rows is not None:  # `auto` picks 16 bits here without a word
+        if precision == "8-bit":
+            _log_8bit_once("routed heads with a pooled tail are served by the 16-bit kernel only")
+        eight = False
     full8 = eight and bool(compiled.full_heads) and (dense_fn is None if full_heads_8bit is None else full_heads_8bit)
     if eight and compiled.table is None and not full8:
         eight = False  # only full heads, served by the chained dense function
@@ -224,8 +229,11 @@ def layer_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, compiled:
 
     for a, b in head_runs(compiled.skip_heads):
         out4[:, :, a:b] = 0
+    tail = None
     if compiled.routing:  # routed heads: this call's rows, before any path reads the table
         routing.route(q4, k4, compiled)
+        if compiled.tail_rows is not None:
+            tail = routing.pooled_tail(k4, v4, compiled)
     if eight:
         table = table_with_full_rows(compiled, q.device) if full8 else compiled.table
         if compiled.routing:
@@ -236,5 +244,5 @@ def layer_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, compiled:
         group = [_take_heads(x, compiled.full_heads).transpose(1, 2) for x in (q4, k4, v4)]
         _put_heads(out4, compiled.full_heads, dense_fn(*group).transpose(1, 2))
     if compiled.table is not None and not eight:
-        _sparse_heads(q4, k4, v4, out4, compiled, backend)
+        _sparse_heads(q4, k4, v4, out4, compiled, backend, tail)
     return out

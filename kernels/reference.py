@@ -48,10 +48,31 @@ def _weighted_values(probs: torch.Tensor, allowed: torch.Tensor, v: torch.Tensor
     return out.masked_fill(invalid, float("nan"))
 
 
+def _pooled_scores(qh, tail, head: int, rows: torch.Tensor, first: int, last: int, bm: int, bn: int,
+                   scale: float, seq_len: int, start: int, stop: int):
+    """(scores [B, r, n_k] of the pooled keys, -inf where a row has no tail
+    or lists the block; their values [B, n_k, D]), or None when no row of
+    query blocks first..last has a tail (kernels/routed_tail_reference.py)."""
+    trow = tail.rows[rows[first:last]]
+    has = trow >= 0
+    if not bool(has.any()):
+        return None
+    dropped = (tail.listed[trow.clamp(min=0).long()] == 0) & has[:, None]          # [nb, n_k]
+    dropped = dropped.repeat_interleave(bm, 0)[: stop - start]                     # [r, n_k]
+    n_k = dropped.shape[-1]
+    count = torch.full((n_k,), float(bn), dtype=qh.dtype, device=qh.device)
+    count[-1] = seq_len - (n_k - 1) * bn
+    k_mean, v_mean = (x[:, :, head - tail.head0].to(qh.dtype) for x in (tail.k_mean, tail.v_mean))
+    scores = torch.matmul(qh[:, start:stop], k_mean.transpose(1, 2)) * scale + count.log()
+    return scores.masked_fill(~dropped, float("-inf")), v_mean
+
+
 def reference_sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-                               table: BlockTable, scale: float | None = None) -> torch.Tensor:
+                               table: BlockTable, scale: float | None = None, tail=None) -> torch.Tensor:
     """q, k, v: [B, L, H, D] (any strides). Returns [B, L, len(table.heads), D]
-    in q's dtype: the table's heads only, in table order."""
+    in q's dtype: the table's heads only, in table order. tail: a
+    kernels.routing.PooledTail (its rows also see the key blocks they do not
+    list, pooled; finite inputs)."""
     if q.dim() != 4 or k.dim() != 4 or v.dim() != 4:
         raise ValueError(f"q, k, v must be [B, L, H, D], got {list(q.shape)}, {list(k.shape)}, {list(v.shape)}")
     batch, seq_len, _, head_dim = q.shape
@@ -69,6 +90,7 @@ def reference_sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
     blocks = table.block_mask().to(q.device)
     bm, bn = table.block_m, table.block_n
     chunk_blocks = max(1, _CHUNK_SCORES // (batch * seq_len * bm))
+    table_rows = torch.arange(len(table.heads) * table.n_q_blocks, device=q.device).view(len(table.heads), -1)
     for slot, head in enumerate(table.heads):
         qh, kh, vh = (x[:, :, head].to(compute) for x in (q, k, v))
         nonfinite = ~torch.isfinite(vh)
@@ -80,8 +102,15 @@ def reference_sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
             allowed = allowed.repeat_interleave(bn, 1)[:, :seq_len]
             scores = torch.matmul(qh[:, start:stop], kh.transpose(1, 2)) * scale
             scores.masked_fill_(~allowed, float("-inf"))  # also drops NaN scores of keys not listed
+            pooled = None if tail is None else _pooled_scores(qh, tail, head, table_rows[slot], first, last, bm, bn,
+                                                              scale, seq_len, start, stop)
+            if pooled is not None:  # the pooled keys join the same softmax
+                scores = torch.cat([scores, pooled[0]], -1)
             probs = torch.softmax(scores, dim=-1)
             # A row with no listed key is all -inf, whose softmax is NaN: the kernel gives 0.
-            probs.masked_fill_(~allowed.any(-1)[None, :, None], 0.0)
-            out[:, start:stop, slot] = _weighted_values(probs, allowed, vh, nonfinite).to(q.dtype)
+            probs.masked_fill_(~torch.isfinite(scores).any(-1, keepdim=True) & ~allowed.any(-1)[None, :, None], 0.0)
+            result = _weighted_values(probs[..., :seq_len], allowed, vh, nonfinite)
+            if pooled is not None:
+                result = result + torch.matmul(probs[..., seq_len:], pooled[1])
+            out[:, start:stop, slot] = result.to(q.dtype)
     return out

@@ -102,39 +102,22 @@ class PooledTail(NamedTuple):
     listed: torch.Tensor  # uint8 [tail rows, n_k]: 1 where the row lists the key block
 
 
-_TAIL_ROWS_KEY = "routed_tail_rows"
-
-
-def _tail_rows(compiled: CompiledLayer) -> torch.Tensor:
-    """int32 [table rows]: routed rows numbered group by group, -1 elsewhere
-    (static per compiled layer: cached on the table)."""
-    table = compiled.table
-    if _TAIL_ROWS_KEY not in table.derived:
-        rows = torch.full((len(table.kv_offsets) - 1,), -1, dtype=torch.int32, device=table.kv_offsets.device)
-        first = 0
-        for group in compiled.routing:
-            n = len(group.table_rows)
-            rows[group.table_rows] = torch.arange(first, first + n, dtype=torch.int32, device=rows.device)
-            first += n
-        table.derived[_TAIL_ROWS_KEY] = rows
-    return table.derived[_TAIL_ROWS_KEY]
-
-
 def pooled_tail(k4: torch.Tensor, v4: torch.Tensor, compiled: CompiledLayer) -> PooledTail:
-    """This call's pooled tail for every routed row of compiled (after
-    route() wrote the rows). k4, v4: [B, L, H, D]. No host synchronisation."""
-    if not compiled.routing:
-        raise ValueError("the layer has no routed heads: no tail to build")
+    """This call's pooled tail for the routed rows of compiled whose heads ask
+    for one (after route() wrote the rows). k4, v4: [B, L, H, D]. No host
+    synchronisation."""
+    tailed = [group for group in compiled.routing if group.tail]
+    if compiled.tail_rows is None or not tailed:
+        raise ValueError("the layer has no routed heads with a tail: no tail to build")
     table = compiled.table
-    routed_heads = [h for group in compiled.routing for h in group.heads]
+    routed_heads = [h for group in tailed for h in group.heads]
     head0, head1 = min(routed_heads), max(routed_heads)
     k_mean, v_mean = (block_means(x[:, :, head0:head1 + 1], table.block_n).to(x.dtype) for x in (k4, v4))
-    rows = _tail_rows(compiled)
-    listed = torch.zeros(sum(len(g.table_rows) for g in compiled.routing), table.n_k_blocks, dtype=torch.uint8,
+    listed = torch.zeros(sum(len(g.table_rows) for g in tailed), table.n_k_blocks, dtype=torch.uint8,
                          device=k4.device)
     first = 0
-    for group in compiled.routing:
+    for group in tailed:
         chosen = table.kv_indices[group.positions].view(-1, group.k).long()
         listed[first:first + len(chosen)].scatter_(1, chosen, 1)
         first += len(chosen)
-    return PooledTail(k_mean, v_mean, head0, rows, listed)
+    return PooledTail(k_mean, v_mean, head0, compiled.tail_rows, listed)

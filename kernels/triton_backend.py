@@ -26,8 +26,8 @@ def can_serve(q: torch.Tensor) -> bool:
     return module is not None and module.triton_available(q.device)
 
 
-def run(q, k, v, out, table: BlockTable) -> None:
-    _kernel_module().sparse_attention_triton(q, k, v, out, table)
+def run(q, k, v, out, table: BlockTable, tail=None) -> None:
+    _kernel_module().sparse_attention_triton(q, k, v, out, table, tail=tail)
 
 
 def _kernel8_module():

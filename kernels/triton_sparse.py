@@ -461,8 +461,12 @@ def _register_op():
     def sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor,
                          kv_offsets: torch.Tensor, kv_indices: torch.Tensor, heads: torch.Tensor,
                          order: Optional[torch.Tensor], seq_len: int, block_m: int, block_n: int,
-                         scale: float) -> None:
-        _launch(q, k, v, out, kv_offsets, kv_indices, heads, order, seq_len, block_m, block_n, scale)
+                         scale: float, tail_k: Optional[torch.Tensor] = None, tail_v: Optional[torch.Tensor] = None,
+                         tail_rows: Optional[torch.Tensor] = None, tail_listed: Optional[torch.Tensor] = None,
+                         tail_head0: int = 0) -> None:
+        from .routing import PooledTail
+        tail = None if tail_k is None else PooledTail(tail_k, tail_v, tail_head0, tail_rows, tail_listed)
+        _launch(q, k, v, out, kv_offsets, kv_indices, heads, order, seq_len, block_m, block_n, scale, tail=tail)
 
     return register_out_op(_OP_NAME, sparse_attention)
 
@@ -475,7 +479,7 @@ def sparse_attention_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, o
     """Write out[:, :, h] for every h in table.heads: block-sparse attention
     over the key blocks the table lists. q, k, v, out: [B, L, H, D] views.
     tail: a kernels.routing.PooledTail for this call (routed rows also see
-    their dropped key blocks pooled; eager calls only so far).
+    their dropped key blocks pooled).
 
     Raises ValueError for shapes the kernel does not serve (head_dim not in
     64/128, other dtypes, block sizes not in 64/128): route those elsewhere.
@@ -494,14 +498,10 @@ def sparse_attention_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, o
     if heads_t is None:  # first call inside a compiled region: built per call
         heads_t = torch.tensor(table.heads, dtype=torch.int32, device=q.device)
     order = table.derived.get(_ORDER_KEYS.get(DEFAULT_ORDER, ""))
-    if tail is not None:
-        if compiling:
-            raise NotImplementedError("the pooled tail is not part of the custom op yet: call it eagerly")
-        _launch(q, k, v, out, table.kv_offsets, table.kv_indices, heads_t, order,
-                table.seq_len, table.block_m, table.block_n, scale, tail=tail)
-    elif compiling:
+    if compiling:
+        tail_args = () if tail is None else (tail.k_mean, tail.v_mean, tail.rows, tail.listed, tail.head0)
         _op(q, k, v, out, table.kv_offsets, table.kv_indices, heads_t, order,
-            table.seq_len, table.block_m, table.block_n, scale)
+            table.seq_len, table.block_m, table.block_n, scale, *tail_args)
     else:  # eager: skip the custom-op dispatch overhead
         _launch(q, k, v, out, table.kv_offsets, table.kv_indices, heads_t, order,
-                table.seq_len, table.block_m, table.block_n, scale)
+                table.seq_len, table.block_m, table.block_n, scale, tail=tail)

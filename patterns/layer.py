@@ -13,7 +13,7 @@ import torch
 
 from .base import Pattern
 from .geometry import Geometry
-from .routed import RoutedGroup, routed_groups
+from .routed import RoutedGroup, routed_groups, tail_rows
 from .tables import DEFAULT_BLOCK_M, DEFAULT_BLOCK_N, TABLE_KINDS, BlockTable, build_block_table
 
 
@@ -45,6 +45,8 @@ class CompiledLayer:
     table: BlockTable | None  # every sparse and routed head, one launch
     # Routed heads: table rows whose indices kernels/routing.py rewrites per call.
     routing: tuple[RoutedGroup, ...] = ()
+    # int32 [table rows]: the rows with a pooled tail numbered, -1 elsewhere (None: no tail)
+    tail_rows: torch.Tensor | None = None
 
     @property
     def sparse_heads(self) -> tuple[int, ...]:
@@ -62,11 +64,12 @@ class CompiledLayer:
 def compile_layer(layer: LayerPattern, geometry: Geometry, device: str = "cpu",
                   block_m: int = DEFAULT_BLOCK_M, block_n: int = DEFAULT_BLOCK_N) -> CompiledLayer:
     sparse = tuple(i for i, p in enumerate(layer.heads) if p.kind in TABLE_KINDS)
-    table, routing = None, ()
+    table, routing, tails = None, (), None
     if sparse:
         patterns = tuple(layer.heads[h] for h in sparse)
         table = build_block_table(patterns, sparse, geometry, block_m, block_n)
         routing = routed_groups(patterns, sparse, table.kv_offsets, geometry, block_m, block_n, torch.device(device))
+        tails = tail_rows(routing, len(table.kv_offsets) - 1, torch.device(device))
         table = table.to(torch.device(device))
     return CompiledLayer(len(layer.heads), geometry, layer.heads_of_kind("full"), layer.heads_of_kind("skip"), table,
-                         routing)
+                         routing, tails)

@@ -78,12 +78,22 @@ class Routed(Pattern):
     name = "routed"
     kind = "routed"
     share: float = 0.1  # of the key blocks, per query block
+    # Every key block a routed row does not list also enters its softmax as
+    # one pooled key (mean key and value, weighted by its token count), as in
+    # Sol-Attn; float64 definition: kernels/routed_tail_reference.py.
+    tail: bool = False
 
     def __post_init__(self):
         share = self.share
         if isinstance(share, bool) or not isinstance(share, (int, float)) or not 0 < share <= 1:
             raise PatternError(f"routed.share must be a number in (0, 1], got {share!r}")
+        if not isinstance(self.tail, bool):
+            raise PatternError(f"routed.tail must be true or false, got {self.tail!r}")
         object.__setattr__(self, "share", float(share))
+
+    def params(self) -> dict:
+        # No tail: written as before, so packs that predate the field read it.
+        return {"share": self.share, "tail": True} if self.tail else {"share": self.share}
 
     def layout(self, geometry: Geometry, block_m: int, block_n: int) -> RoutedLayout:
         return routed_layout(geometry, self.share, block_m, block_n)
@@ -102,7 +112,7 @@ class Routed(Pattern):
 
 @dataclass(frozen=True, eq=False)
 class RoutedGroup:
-    """The routed heads of one layer table that share a `share`, on the
+    """The routed heads of one layer table that share a `share` and a tail, on the
     table's device: what kernels/routing.py needs per call."""
     heads: tuple[int, ...]     # model head indices
     head_index: torch.Tensor   # int64 [h]: the same, on the device
@@ -111,23 +121,41 @@ class RoutedGroup:
     forced: torch.Tensor       # bool [n_routed, n_k]
     positions: torch.Tensor    # int64 [h * n_routed * k]: their entries in the table's kv_indices
     table_rows: torch.Tensor | None = None  # int64 [h * n_routed]: their table rows (in positions' order)
+    tail: bool = False                      # whether these rows get the pooled tail
 
 
 def routed_groups(patterns: tuple[Pattern, ...], heads: tuple[int, ...], kv_offsets: torch.Tensor,
                   geometry: Geometry, block_m: int, block_n: int, device) -> tuple[RoutedGroup, ...]:
     """Groups for a table whose head slots hold `patterns` (model heads
     `heads`) with offsets kv_offsets (CPU)."""
-    by_share: dict[float, list[int]] = {}
+    by_share: dict[tuple[float, bool], list[int]] = {}
     for slot, pattern in enumerate(patterns):
         if pattern.kind == "routed":
-            by_share.setdefault(pattern.share, []).append(slot)
+            by_share.setdefault((pattern.share, pattern.tail), []).append(slot)
     groups = []
     offsets = kv_offsets.to(torch.int64)
-    for share, slots in by_share.items():
+    for (share, tail), slots in by_share.items():
         layout = routed_layout(geometry, share, block_m, block_n)
         rows = torch.tensor(slots)[:, None] * layout.n_q + layout.rows[None, :]  # [h, n_routed] table rows
         positions = (offsets[rows][..., None] + torch.arange(layout.k)).flatten()
         chosen = tuple(heads[s] for s in slots)
         groups.append(RoutedGroup(chosen, torch.tensor(chosen, device=device), layout.k, layout.rows.to(device),
-                                  layout.forced.to(device), positions.to(device), rows.flatten().to(device)))
+                                  layout.forced.to(device), positions.to(device), rows.flatten().to(device),
+                                  tail))
     return tuple(groups)
+
+
+def tail_rows(groups: tuple[RoutedGroup, ...], n_rows: int, device) -> torch.Tensor | None:
+    """int32 [n_rows]: each tail group's table rows numbered in group order
+    (the kernel's index into the call's listed flags), -1 for every other
+    row; None when no group has a tail."""
+    tailed = [g for g in groups if g.tail]
+    if not tailed:
+        return None
+    rows = torch.full((n_rows,), -1, dtype=torch.int32)
+    first = 0
+    for group in tailed:
+        n = len(group.table_rows)
+        rows[group.table_rows.cpu()] = torch.arange(first, first + n, dtype=torch.int32)
+        first += n
+    return rows.to(device)

@@ -26,7 +26,10 @@ def block_share_costs(candidates: Sequence[Candidate], geometry: Geometry) -> to
         if c.mode == "skip":
             costs.append(0.0)
         else:
-            costs.append(compile_layer(LayerPattern((c.pattern(),)), geometry).density())
+            compiled = compile_layer(LayerPattern((c.pattern(),)), geometry)
+            # a pooled tail: one more key per key block, for every query
+            pooled = compiled.table.n_k_blocks / geometry.seq_len if c.tail else 0.0
+            costs.append(compiled.density() + pooled)
     return torch.tensor(costs + [1.0], dtype=torch.float64)
 
 

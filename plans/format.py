@@ -29,7 +29,9 @@ A plan with one range is written as version 1, which older packs read.
 Version 3 adds head modes beyond the paper's (MODE_VERSIONS: 3-D windows,
 routed heads); a plan is written with the lowest version that holds it, so
 only plans that use them need a pack that knows them, and an older pack
-refuses such a plan asking for an update.
+refuses such a plan asking for an update. Version 4 adds the routed heads'
+pooled tail (`{"mode": "routed", "share": 0.1, "tail": true}`;
+FIELD_VERSIONS); a routed head without it is still written as version 3.
 
 Every field is checked on load (validation.py: types, ranges, sizes), and
 errors name the file and the field.
@@ -48,9 +50,17 @@ from .atomic import atomic_write_text
 from .validation import PROVENANCE_KINDS, PlanError  # noqa: F401  (defined there; imported from here by most callers)
 
 FORMAT_NAME = "sparse-vdit-plan"
-FORMAT_VERSION = 3  # the newest this pack reads and writes; version 1 has no later step ranges
+FORMAT_VERSION = 4  # the newest this pack reads and writes; version 1 has no later step ranges
 # Head modes that need a newer version than 1 (older packs do not know them).
 MODE_VERSIONS = {"window_3d": 3, "routed": 3}
+# Head fields that need a newer version than their mode: (mode, field) -> version.
+FIELD_VERSIONS = {("routed", "tail"): 4}
+
+
+def head_version(entry: dict) -> int:
+    """The lowest format version that holds one head entry ({"mode": ..., ...})."""
+    fields = [FIELD_VERSIONS.get((entry["mode"], name), 1) for name in entry if name != "mode"]
+    return max([MODE_VERSIONS.get(entry["mode"], 1)] + fields)
 
 
 @dataclass(frozen=True)
@@ -190,10 +200,13 @@ def _layers_from_list(layer_list: list, model: ModelShape, source: str, version:
             if not isinstance(head_entry, dict) or not isinstance(head_entry.get("mode"), str):
                 raise PlanError(f"{where}, head {head}: must be an object with a 'mode' name, got "
                                 f"{check.short(head_entry)}")
-            needs = MODE_VERSIONS.get(head_entry["mode"], 1)
+            needs = head_version(head_entry)
             if version < needs:
-                raise PlanError(f"{where}, head {head}: mode {head_entry['mode']!r} needs plan format version "
-                                f"{needs}, the file says {version}")
+                mode = head_entry["mode"]
+                newer = sorted(name for name in head_entry if FIELD_VERSIONS.get((mode, name), 1) > version)
+                what = f"mode {mode!r}" if MODE_VERSIONS.get(mode, 1) > version else f"{mode} field {newer}"
+                raise PlanError(f"{where}, head {head}: {what} needs plan format version {needs}, "
+                                f"the file says {version}")
             try:
                 patterns.append(pattern_from_dict(head_entry))
             except PatternError as error:
@@ -255,8 +268,8 @@ def _layers_to_list(layers: tuple[LayerPattern, ...]) -> list[dict]:
 
 def plan_version(plan: Plan) -> int:
     """The lowest format version that holds the plan (older packs read it)."""
-    modes = {p.name for r in plan.step_ranges for layer in r.layers for p in layer.heads}
-    return max([2 if plan.later_ranges else 1] + [MODE_VERSIONS.get(mode, 1) for mode in modes])
+    heads = {p for r in plan.step_ranges for layer in r.layers for p in layer.heads}
+    return max([2 if plan.later_ranges else 1] + [head_version(p.to_dict()) for p in heads])
 
 
 def plan_to_dict(plan: Plan) -> dict:

@@ -154,11 +154,35 @@ def _score_layer(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, geometry: Ge
         kh = torch.nn.functional.pad(k[:, :, h].float(), (0, 0, 0, padded_len - seq_len)).transpose(1, 2)
         return q[:, :, h].float() * scale, kh
 
-    def probabilities(qh, kh, groups: slice) -> torch.Tensor:
-        """[B, g*bm, Lp] dense attention probabilities of these query blocks."""
+    def probabilities(qh, kh, groups: slice, with_lse: bool = False):
+        """[B, g*bm, Lp] dense attention probabilities of these query blocks
+        (and, with_lse, their log-normaliser [B, g*bm, 1])."""
         s = torch.matmul(qh[:, rows[groups].reshape(-1)], kh)
         s[..., seq_len:] = float("-inf")  # padded keys
-        return torch.softmax(s, dim=-1)
+        if not with_lse:
+            return torch.softmax(s, dim=-1)
+        lse = torch.logsumexp(s, dim=-1, keepdim=True)
+        return torch.exp(s - lse), lse
+
+    # Routed candidates with the pooled tail: a dropped key block enters as
+    # c_b exp(q . mean_b(k) - lse) [mean_b(v) | 1] (the same normaliser as P),
+    # i.e. the complement of the candidate's mask times T below.
+    tailed = [i for i, c in enumerate(order) if c.mode == "routed" and c.tail]
+    count = torch.full((n_kb,), float(block_n), device=device)
+    count[-1] = seq_len - (n_kb - 1) * block_n
+
+    def pooled_means(kh, vz):
+        """Per key block, of one head: mean key [B, n_kb, D] and [mean v | 1 | 0]
+        [B, n_kb, W] (kh [B, D, Lp] and vz [B, n_kb, bn, W] are zero-padded)."""
+        k_mean = kh.reshape(batch, head_dim, n_kb, block_n).sum(-1).transpose(1, 2) / count[:, None]
+        return k_mean, vz.float().sum(2) / count[:, None]
+
+    def pooled_tail_sums(q_rows, k_mean, v_mean, lse, g: int) -> torch.Tensor:
+        """[g, n_kb, bm*W] in z_dtype, one batch element: T_b, each key block's
+        pooled contribution to these query rows (q_rows [g*bm, D], lse [g*bm, 1])."""
+        t = count * torch.exp(torch.matmul(q_rows, k_mean.transpose(0, 1)) - lse)    # [g*bm, n_kb]
+        t = t[..., None] * v_mean[None]                                                # [g*bm, n_kb, W]
+        return t.view(g, block_m, n_kb, width).transpose(1, 2).reshape(g, n_kb, -1).to(z_dtype)
 
     frame_mass = torch.zeros(heads, geometry.frames, device=device)
     if stripe_frames is None:  # where does the attention mass go? (chooses the stripe frames)
@@ -194,11 +218,12 @@ def _score_layer(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, geometry: Ge
         vz[:, :seq_len, :head_dim] = v[:, :, h]
         vz[:, :, head_dim] = 1
         vz = vz.view(batch, n_kb, block_n, width)
+        means = pooled_means(kh, vz) if tailed else None
         thumb_rows = torch.zeros(n_groups * block_m, THUMB_COLS, device=device)
         for start in range(0, n_groups, chunk):
             part = slice(start, start + chunk)
             g = rows[part].shape[0]
-            p = probabilities(qh, kh, part)                               # [B, g*bm, Lp]
+            p, lse = probabilities(qh, kh, part, with_lse=True) if tailed else (probabilities(qh, kh, part), None)
             if stripe_frames is None:
                 thumb_rows[start * block_m:(start + g) * block_m] = torch.matmul(p, thumb_of_key).mean(0)
             pz = p.to(z_dtype).view(batch, g * block_m, n_kb, block_n)
@@ -208,6 +233,9 @@ def _score_layer(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, geometry: Ge
                 z = torch.matmul(pz[b].transpose(0, 1), vz[b])                    # [n_kb, g*bm, W]
                 z = z.view(n_kb, g, block_m * width).transpose(0, 1)               # [g, n_kb, bm*W]
                 out[b] = torch.matmul(masks[h, part], z)                           # [g, C'+1, bm*W]
+                if tailed:  # tailed routed candidates: + the blocks they drop, pooled
+                    tz = pooled_tail_sums(qh[b, rows[part].reshape(-1)], means[0][b], means[1][b], lse[b], g)
+                    out[b, :, tailed] += torch.matmul(1 - masks[h, part][:, tailed], tz).float()
             out = out.view(batch, g, len(order) + 1, block_m, width)
             result = out[..., :head_dim] / out[..., head_dim:head_dim + 1].clamp_min(1e-30)
             dense = result[:, :, -1:]

@@ -233,7 +233,7 @@ def check_plan_name(name, shipped: tuple[str, ...] | None = None) -> str:
 
 _CANDIDATE_FIELDS = {"skip": set(), "diagonal": {"rows"}, "multi_diagonal": {"rows", "frames"},
                      "vertical_stripe": {"top_frames"}, "window_3d": {"frames", "rows", "cols"},
-                     "routed": {"share"}}
+                     "routed": {"share", "tail"}}
 
 
 def candidates(data, where: str) -> tuple:
@@ -261,7 +261,10 @@ def candidates(data, where: str) -> tuple:
         top = integer(entry.get("top_frames"), 1, MAX_FRAMES, f"{at}.top_frames") if mode == "vertical_stripe" else None
         cols = integer(entry.get("cols"), 0, 4096, f"{at}.cols") if window else None
         share = number(entry.get("share"), 0.0, 1.0, f"{at}.share", open_low=True) if mode == "routed" else None
-        menu.append(Candidate(mode, rows, frames, top, cols, share))
+        tail = entry.get("tail", False)
+        if not isinstance(tail, bool):
+            raise PlanError(f"{at}.tail must be true or false, got {short(tail)}")
+        menu.append(Candidate(mode, rows, frames, top, cols, share, tail))
     return tuple(menu)
 
 

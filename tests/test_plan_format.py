@@ -59,6 +59,30 @@ def test_new_modes_need_version_3(tmp_path, monkeypatch):
         load_plan(str(path))
 
 
+def test_routed_tail_needs_version_4(tmp_path, monkeypatch):
+    """A routed head with the pooled tail is written as version 4; without it
+    the same head stays at version 3, written exactly as before (no field)."""
+    tailed = LayerPattern((Routed(0.1, tail=True), Full(), Routed(0.1), Skip(), Window3D(0, 0, 9)))
+    plan = small_plan(later=(StepRange(0.5, (tailed, LAYER)),))
+    path = tmp_path / "t.json"
+    save_plan(plan, str(path))
+    data = json.loads(path.read_text())
+    assert data["version"] == 4
+    heads = data["later_step_ranges"][0]["layers"][0]["heads"]
+    assert heads[0] == {"mode": "routed", "share": 0.1, "tail": True} and heads[2] == {"mode": "routed", "share": 0.1}
+    assert load_plan(str(path)).later_ranges == plan.later_ranges
+    data["version"] = 3
+    with pytest.raises(PlanError, match=r"head 0: routed field \['tail'\] needs plan format version 4"):
+        loads_plan(json.dumps(data), "old.json")
+    heads[0]["tail"] = "yes"
+    data["version"] = 4
+    with pytest.raises(PlanError, match="routed.tail must be true or false"):
+        loads_plan(json.dumps(data), "bad.json")
+    monkeypatch.setattr(plan_format, "FORMAT_VERSION", 3)  # a pack from before version 4
+    with pytest.raises(PlanError, match="version 4 is not supported.*update the pack"):
+        load_plan(str(path))
+
+
 def test_one_line_per_head():
     text = dumps_plan(small_plan())
     lines = [line.strip().rstrip(",") for line in text.splitlines()]
@@ -72,7 +96,7 @@ def corrupt(mutate, plan=None):
 
 
 @pytest.mark.parametrize("mutate,message", [
-    (lambda d: d.update(version=4), "version 4 is not supported.*newer"),
+    (lambda d: d.update(version=5), "version 5 is not supported.*newer"),
     (lambda d: d.update(version=0), "version 0 is not supported"),
     (lambda d: d.update(version="1"), "version"),
     (lambda d: d.update(format="something"), "not a Sparse-vDiT plan"),

@@ -136,16 +136,21 @@ def test_calibration_scores_routed_candidates_as_they_run():
     from sparse_vdit.plans import scoring
     from sparse_vdit.plans.candidates import Candidate
     q, k, v = (x.double() for x in qkv(2, GEOMETRY, 3, 16, seed=6))
-    candidates = (Candidate("diagonal", rows=1), Candidate("routed", share=0.2), Candidate("routed", share=0.5))
+    candidates = (Candidate("diagonal", rows=1), Candidate("routed", share=0.2), Candidate("routed", share=0.5),
+                  Candidate("routed", share=0.2, tail=True), Candidate("vertical_stripe", top_frames=1),
+                  Candidate("routed", share=0.5, tail=True))
     scores = scoring.score_layer(q, k, v, GEOMETRY, candidates, scoring.sampled_query_blocks(7, 1.0),
                                  block_m=BM, block_n=BN)
     dense = layer_oracle(q, k, v, LayerPattern((Full(),) * 3), GEOMETRY, BM, BN)
-    for column, share in ((1, 0.2), (2, 0.5)):
-        compiled = compile_layer(LayerPattern((Routed(share),) * 3), GEOMETRY, "cpu", BM, BN)
+    for column in (1, 2, 3, 5):
+        pattern = candidates[column].pattern()
+        compiled = compile_layer(LayerPattern((pattern,) * 3), GEOMETRY, "cpu", BM, BN)
         routing.route(q, k, compiled)
-        err = (reference_sparse_attention(q, k, v, compiled.table) - dense).pow(2).mean((0, 1, 3))
-        assert torch.allclose(scores.sq_err[:, column], err, rtol=1e-4), (share, scores.sq_err[:, column], err)
+        tail = routing.pooled_tail(k, v, compiled) if pattern.tail else None
+        err = (reference_sparse_attention(q, k, v, compiled.table, tail=tail) - dense).pow(2).mean((0, 1, 3))
+        assert torch.allclose(scores.sq_err[:, column], err, rtol=1e-4), (pattern, scores.sq_err[:, column], err)
     assert bool((scores.sq_err[:, 2] < scores.sq_err[:, 1]).all())  # keeping more blocks errs less
+    assert bool((scores.sq_err[:, 3] < scores.sq_err[:, 1]).all())  # so does the tail
 
 
 def test_routed_benchmark_smoke(tmp_path):
@@ -203,3 +208,66 @@ def test_nothing_to_route_still_runs(poisoned_outputs):
                                    backend="reference").view(1, GEOMETRY.seq_len, 2, 16)
     ref = layer_oracle(q, k, v, LayerPattern((Full(), Full())), GEOMETRY, 128, 64)
     assert rel_err(out, ref) < 1e-5
+
+
+TAILED = LayerPattern((Routed(0.2, tail=True), Full(), Routed(0.2), Skip(), Routed(0.5, tail=True), Diagonal(1)))
+
+
+@pytest.mark.parametrize("geometry", [GEOMETRY, VIDEO_ONLY])
+@pytest.mark.parametrize("precision", ["bf16", "8-bit"])
+def test_dispatch_routed_heads_with_a_pooled_tail(geometry, precision, poisoned_outputs):
+    """Heads that ask for the tail match the float64 tail definition, the
+    routed head beside them without one and the fixed heads match theirs;
+    8-bit asked for runs the layer in 16 bits (only that kernel has the tail)."""
+    from sparse_vdit.kernels.routed_tail_reference import routed_tail_attention64
+    heads, dim = len(TAILED.heads), 16
+    compiled = compile_layer(TAILED, geometry, "cpu", BM, BN)
+    assert compiled.tail_rows is not None and int((compiled.tail_rows >= 0).sum()) > 0
+    for seed in (5, 6):
+        q, k, v = qkv(2, geometry, heads, dim, seed=seed)
+        flat = [x.reshape(2, geometry.seq_len, heads * dim) for x in (q, k, v)]
+        out = dispatch.as_blhd(dispatch.layer_attention(*flat, compiled, heads=heads, backend="reference",
+                                                        precision=precision), "flat", heads)
+        assert not torch.isnan(out).any(), "unwritten output elements"
+        masks = torch.stack([routed_block_mask64(q, k, geometry, p.share, h, BM, BN) if p.name == "routed"
+                             else torch.ones(-(-geometry.seq_len // BM), -(-geometry.seq_len // BN), dtype=torch.bool)
+                             for h, p in enumerate(TAILED.heads)])
+        want = routed_tail_attention64(q, k, v, masks, BM, BN)
+        fixed = layer_oracle(q, k, v, TAILED, geometry, BM, BN)
+        for head, pattern in enumerate(TAILED.heads):
+            if pattern.name == "skip":
+                assert (out[:, :, head] == 0).all()
+                continue
+            target = want.tail[:, :, head] if pattern.name == "routed" and pattern.tail else fixed[:, :, head]
+            assert rel_err(out[:, :, head], target) < 1e-5, head
+        moved = rel_err(want.no_tail[:, :, 0], want.tail[:, :, 0])
+        assert moved > 1e-2, moved  # the tail matters here: ignoring it would fail above
+
+
+def test_routed_tail_field():
+    assert Routed(0.1, tail=True).to_dict() == {"mode": "routed", "share": 0.1, "tail": True}
+    assert Routed(0.1).to_dict() == {"mode": "routed", "share": 0.1}
+    assert pattern_from_dict({"mode": "routed", "share": 0.1, "tail": True}) == Routed(0.1, True)
+    with pytest.raises(PatternError, match="tail must be true or false"):
+        Routed(0.1, tail=1)
+    layer = compile_layer(LayerPattern((Routed(0.1), Routed(0.1, tail=True))), GEOMETRY, "cpu", BM, BN)
+    assert sorted(g.tail for g in layer.routing) == [False, True]  # one group per (share, tail)
+    assert compile_layer(LayerPattern((Routed(0.1),)), GEOMETRY, "cpu", BM, BN).tail_rows is None
+
+
+def test_tail_layer_runs_16_bit_when_8_bits_are_asked_for(monkeypatch, caplog):
+    """Only the 16-bit kernel has the tail: a layer with tailed routed heads
+    runs there, with one log line when 8 bits were asked for, none for auto."""
+    monkeypatch.setattr(dispatch, "use_8bit", lambda *args: True)  # as on a GPU that runs 8 bits
+    monkeypatch.setattr(dispatch, "_logged_8bit", set())
+    monkeypatch.setattr(dispatch, "_attention_8bit", lambda *args: pytest.fail("the 8-bit kernel was called"))
+    heads, dim = len(TAILED.heads), 16
+    compiled = compile_layer(TAILED, GEOMETRY, "cpu", BM, BN)
+    flat = [x.reshape(1, GEOMETRY.seq_len, heads * dim) for x in qkv(1, GEOMETRY, heads, dim, seed=8)]
+    want = dispatch.layer_attention(*flat, compiled, heads=heads, backend="reference", precision="bf16")
+    with caplog.at_level("WARNING", logger="sparse_vdit"):
+        auto = dispatch.layer_attention(*flat, compiled, heads=heads, backend="reference", precision="auto")
+        assert not caplog.records
+        got = dispatch.layer_attention(*flat, compiled, heads=heads, backend="reference", precision="8-bit")
+    assert torch.equal(got, want) and torch.equal(auto, want)
+    assert [r.getMessage() for r in caplog.records if "pooled tail" in r.getMessage()] and len(caplog.records) == 1

@@ -27,13 +27,14 @@ from test_triton_kernel import (_inputs, _pattern, interpreter_worker_results, r
 # name -> (geometry (frames, rows, cols, prefix, suffix), heads, dtype, head_dim, layout, batch, bm, bn, cfg)
 CASES = {
     # 1,208 tokens with extra tokens on both sides: ragged last q and kv blocks, routed rows beside fixed ones
-    "mixed-fp32-d64-flat": ((5, 12, 20, 3, 5), ["full", "rt20", "skip", "w3", "rt50", "diag1"],
+    "mixed-fp32-d64-flat": ((5, 12, 20, 3, 5), ["full", "rt20t", "skip", "w3", "rt50t", "diag1", "rt20"],
                             "float32", 64, "flat", 2, 128, 64, None),
-    "mixed-fp16-d128-bhld": ((5, 12, 20, 3, 5), ["rt20", "diag1", "rt50"], "float16", 128, "bhld", 1, 128, 64, None),
+    "mixed-fp16-d128-bhld": ((5, 12, 20, 3, 5), ["rt20t", "diag1", "rt50t"], "float16", 128, "bhld", 1, 128, 64,
+                             None),
     # more key blocks than BLOCK_N: the tail runs several steps; 64x64 blocks; a rows-per-program config
-    "long-fp32-d64-64x64-rows3": ((4, 24, 48, 1, 2), ["rt20", "diag1"], "float32", 64, "flat", 1, 64, 64,
+    "long-fp32-d64-64x64-rows3": ((4, 24, 48, 1, 2), ["rt20t", "diag1"], "float32", 64, "flat", 1, 64, 64,
                                   {"rows_per_program": 3}),
-    "video-only-bf16-d64-tma": ((6, 8, 11, 0, 0), ["rt20", "md1", "rt50"], "bfloat16", 64, "flat", 2, 128, 64,
+    "video-only-bf16-d64-tma": ((6, 8, 11, 0, 0), ["rt20t", "md1", "rt50t"], "bfloat16", 64, "flat", 2, 128, 64,
                                 {"tma": True}),
 }
 TOL = {"float32": 1e-5, "float16": 2e-3, "bfloat16": 1.5e-2}
@@ -68,7 +69,7 @@ def check_tail_case(name, device, ts, query_blocks=None):
     assert torch.isfinite(got[:, :, list(table.heads)]).all(), "table heads not fully written"
     errors = {}
     for head in table.heads:
-        routed = layer.heads[head].kind == "routed"
+        routed = layer.heads[head].kind == "routed" and layer.heads[head].tail
         target = (want.tail if routed else want.no_tail)[:, :, head]
         errors[head] = rel(got[:, :, head], target)
         assert errors[head] < TOL[dtype_name], f"head {head} ({'tail' if routed else 'no tail'}): {errors[head]:.3e}"
@@ -83,7 +84,7 @@ def check_tail_errors(ts, device):
     from sparse_vdit.kernels import routing
     from sparse_vdit.patterns import Geometry, LayerPattern, compile_layer
     geometry = Geometry(3, 5, 7, 2, 3)
-    compiled = compile_layer(LayerPattern((_pattern("rt20"), _pattern("diag1"))), geometry, str(device))
+    compiled = compile_layer(LayerPattern((_pattern("rt20t"), _pattern("diag1"))), geometry, str(device))
     gen = torch.Generator().manual_seed(5)
     q, k, v, out = _inputs(1, geometry.seq_len, 2, 64, torch.float32, "flat", device, gen)
     routing.route(q, k, compiled)
@@ -97,30 +98,64 @@ def check_tail_errors(ts, device):
         else:
             raise AssertionError("a tail that does not fit was accepted")
     try:
-        routing.pooled_tail(k, v, compile_layer(LayerPattern((_pattern("diag1"),) * 2), geometry, str(device)))
+        routing.pooled_tail(k, v, compile_layer(LayerPattern((_pattern("rt20"),) * 2), geometry, str(device)))
     except ValueError as error:
-        assert "no routed heads" in str(error)
+        assert "no routed heads with a tail" in str(error)
     else:
         raise AssertionError("a layer without routed heads got a tail")
     return {}
+
+
+def check_tail_compile(ts, device, backend):
+    """Routing, the tail and the kernel inside torch.compile(fullgraph=True):
+    one custom op with the tail's tensors, the eager result."""
+    from sparse_vdit.kernels import routing
+    from sparse_vdit.patterns import Geometry, LayerPattern, compile_layer
+    geometry = Geometry(3, 5, 7, 2, 3)
+    compiled = compile_layer(LayerPattern((_pattern("rt20t"), _pattern("diag1"), _pattern("rt50"))), geometry,
+                             str(device))
+    gen = torch.Generator().manual_seed(9)
+    q, k, v, _ = _inputs(2, geometry.seq_len, 3, 64, torch.float16, "flat", device, gen)
+    ts.prepare_table(compiled.table)
+
+    def fn(q, k, v):
+        out = torch.zeros_like(q)
+        routing.route(q, k, compiled)
+        ts.sparse_attention_triton(q, k, v, out, compiled.table, tail=routing.pooled_tail(k, v, compiled))
+        return out * 2.0
+
+    torch._dynamo.reset()
+    got = torch.compile(fn, fullgraph=True, backend=backend)(q, k, v)
+    want = fn(q, k, v)
+    assert torch.isfinite(got).all()
+    err = rel(got, want)
+    assert err < 1e-6, f"compiled result differs from eager: {err}"
+    return {"err_vs_eager": err}
 
 
 def _worker(names):
     start_worker()
     from sparse_vdit.kernels import triton_sparse as ts
     cpu = torch.device("cpu")
-    report_cases(names, lambda name: check_tail_errors(ts, cpu) if name == "errors" else check_tail_case(name, cpu, ts))
+    special = {"errors": lambda: check_tail_errors(ts, cpu), "compile": lambda: check_tail_compile(ts, cpu, "aot_eager")}
+    report_cases(names, lambda name: special[name]() if name in special else check_tail_case(name, cpu, ts))
 
 
 @pytest.fixture(scope="module")
 def interpreter_results():
-    return interpreter_worker_results(__file__, [*CASES, "errors"], timeout=1500)
+    return interpreter_worker_results(__file__, [*CASES, "errors", "compile"], timeout=1500)
 
 
-@pytest.mark.parametrize("name", [*CASES, "errors"])
+@pytest.mark.parametrize("name", [*CASES, "errors", "compile"])
 def test_tail_kernel_interpreter(name, interpreter_results):
     result = interpreter_results[name]
     assert result["ok"], result.get("error", "") + "\n" + result.get("trace", "")
+
+
+@pytest.mark.gpu
+def test_tail_kernel_gpu_compiles_with_inductor():
+    from sparse_vdit.kernels import triton_sparse as ts
+    check_tail_compile(ts, torch.device("cuda"), "inductor")
 
 
 @pytest.mark.gpu
@@ -133,7 +168,7 @@ def test_tail_kernel_gpu_wan480_length():
     from sparse_vdit.patterns import Diagonal, Geometry, LayerPattern, Routed, Window3D, compile_layer
     device = torch.device("cuda")
     geometry = Geometry(21, 30, 52)
-    layer = LayerPattern((Routed(0.05), Diagonal(1), Routed(0.2), Window3D(1, 2, 3)))
+    layer = LayerPattern((Routed(0.05, tail=True), Diagonal(1), Routed(0.2, tail=True), Window3D(1, 2, 3)))
     compiled = compile_layer(layer, geometry, "cuda")
     table = compiled.table
     gen = torch.Generator().manual_seed(7)
@@ -147,7 +182,7 @@ def test_tail_kernel_gpu_wan480_length():
     got = out[:, query_rows(blocks, table.block_m, geometry.seq_len).to(device)].cpu()
     assert torch.isfinite(got).all()
     for head, pattern in enumerate(layer.heads):
-        target = (want.tail if pattern.kind == "routed" else want.no_tail)[:, :, head]
+        target = (want.tail if pattern.kind == "routed" and pattern.tail else want.no_tail)[:, :, head]
         assert rel(got[:, :, head], target) < 1.5e-2, head
 
 

@@ -18,8 +18,11 @@ from sparse_vdit.synthetic import planted_layer
 
 GEOMETRY = Geometry(6, 16, 20)  # 1,920 tokens, 320 per frame
 LAYERS, HEADS, DIM = 6, 8, 64
-EXPECTED = {"diagonal": "diagonal", "multi_diagonal": "multi_diagonal", "vertical_stripe": "vertical_stripe",
-            "uniform": "full", "negligible": "skip"}
+# A uniform head: full, or a routed head with the pooled tail (the extended
+# menu's routed candidates have it), which serves uniform attention almost
+# exactly at a fraction of the cost.
+EXPECTED = {"diagonal": ("diagonal",), "multi_diagonal": ("multi_diagonal",), "vertical_stripe": ("vertical_stripe",),
+            "uniform": ("full", "routed"), "negligible": ("skip",)}
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +44,8 @@ def test_search_recovers_planted_modes(planted):
     modes, stats = planted
     plan = solve_plan(stats, 0.5, 1.0)
     found = [[p.name for p in layer.heads] for layer in plan.layers]
-    hits = sum(EXPECTED[m] == f for ml, fl in zip(modes, found) for m, f in zip(ml, fl))
+    hits = sum(f in EXPECTED[m] for ml, fl in zip(modes, found) for m, f in zip(ml, fl))
+    assert all(p.tail for layer in plan.layers for p in layer.heads if p.name == "routed")
     assert hits / (LAYERS * HEADS) >= 0.95, list(zip(modes, found))
     stripe_heads = [(l, h) for l in range(LAYERS) for h in range(HEADS) if modes[l][h] == "vertical_stripe"]
     assert stripe_heads and all(plan.layers[l].heads[h].frames == (0,) for l, h in stripe_heads)  # the sink frame

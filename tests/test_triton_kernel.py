@@ -86,7 +86,8 @@ def _pattern(tag):
     from sparse_vdit.patterns import Diagonal, Full, MultiDiagonal, Routed, Skip, VerticalStripe, Window3D
     return {"diag1": Diagonal(1), "md1": MultiDiagonal(1), "md0f1": MultiDiagonal(0, 1),
             "vs0": VerticalStripe((0,)), "full": Full(), "skip": Skip(), "w3": Window3D(1, 2, 3),
-            "rt20": Routed(0.2), "rt50": Routed(0.5)}[tag]
+            "rt20": Routed(0.2), "rt50": Routed(0.5), "rt20t": Routed(0.2, tail=True),
+            "rt50t": Routed(0.5, tail=True)}[tag]
 
 
 def _make_layer(name, geometry, bm, bn, device):

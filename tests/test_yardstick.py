@@ -70,6 +70,25 @@ def test_short_generation_and_calibrated_plan_keeps_psnr_floor(yardstick, tmp_pa
     assert psnr >= PSNR_FLOOR, f"PSNR {psnr:.2f} dB under the recorded floor {PSNR_FLOOR} dB"
 
 
+def test_menu_compare_smoke(comfy, tmp_path):
+    """yardstick/menu_compare.py runs end to end at a tiny setting and leaves
+    the menus as they were."""
+    import json
+
+    import menu_compare
+    from sparse_vdit.plans.candidates import MENUS
+
+    before = set(MENUS)
+    out = tmp_path / "compare.json"
+    rows = menu_compare.main(["--comfyui", comfy.path, "--steps", "3", "--targets", "2", "--calib", "0",
+                              "--held-out", "4", "--out", str(out)])
+    assert [r["menu"] for r in rows] == ["wide", menu_compare.NO_TAIL, "extended-wide"]
+    assert all(r["density"] <= 0.5 + 1e-6 and r["psnr_mean"] > 0 and r["modes"] for r in rows)
+    assert not any("tail" in m for m in rows[1]["modes"])  # the variant really has no tail
+    assert json.loads(out.read_text())["rows"] == rows
+    assert set(MENUS) == before
+
+
 def test_video_yardstick_loads_through_comfyui_and_records_its_training(comfy):
     """The video-scale yardstick (head-to-head model): ComfyUI's Wan2.1
     detection and loader take it; the file says how it was trained."""
