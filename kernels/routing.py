@@ -108,7 +108,7 @@ def pooled_tail(k4: torch.Tensor, v4: torch.Tensor, compiled: CompiledLayer) -> 
     synchronisation."""
     tailed = [group for group in compiled.routing if group.tail]
     if compiled.tail_rows is None or not tailed:
-        raise ValueError("the layer has no routed heads with a tail: no tail to build")
+        raise ValueError("the layer has no routed heads with a tail (or no routed rows): no tail to build")
     table = compiled.table
     routed_heads = [h for group in tailed for h in group.heads]
     head0, head1 = min(routed_heads), max(routed_heads)

@@ -148,9 +148,10 @@ def routed_groups(patterns: tuple[Pattern, ...], heads: tuple[int, ...], kv_offs
 def tail_rows(groups: tuple[RoutedGroup, ...], n_rows: int, device) -> torch.Tensor | None:
     """int32 [n_rows]: each tail group's table rows numbered in group order
     (the kernel's index into the call's listed flags), -1 for every other
-    row; None when no group has a tail."""
+    row; None when no routed row has a tail (no group asks for one, or at
+    this geometry every row of those heads is full: nothing is dropped)."""
     tailed = [g for g in groups if g.tail]
-    if not tailed:
+    if not sum(len(g.table_rows) for g in tailed):
         return None
     rows = torch.full((n_rows,), -1, dtype=torch.int32)
     first = 0

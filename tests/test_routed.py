@@ -255,6 +255,23 @@ def test_routed_tail_field():
     assert compile_layer(LayerPattern((Routed(0.1),)), GEOMETRY, "cpu", BM, BN).tail_rows is None
 
 
+def test_tailed_heads_without_routed_rows_get_no_tail(poisoned_outputs):
+    """At 128-token query blocks 110 tokens make one block holding extra
+    tokens: every row is full, nothing is dropped, so the layer has no tail
+    (an empty tail once reached the kernel as a zero-size tensor that
+    inductor typed int64) and runs as its fixed rows."""
+    layer = LayerPattern((Routed(0.2, tail=True), Routed(0.5)))
+    compiled = compile_layer(layer, GEOMETRY, "cpu", 128, 64)
+    assert [len(g.table_rows) for g in compiled.routing] == [0, 0]
+    assert compiled.tail_rows is None
+    q, k, v = qkv(2, GEOMETRY, 2, 16, seed=3)
+    flat = [x.reshape(2, GEOMETRY.seq_len, 2 * 16) for x in (q, k, v)]
+    out = dispatch.as_blhd(dispatch.layer_attention(*flat, compiled, heads=2, backend="reference"), "flat", 2)
+    want = torch.softmax(torch.einsum("blhd,bmhd->bhlm", q.double(), k.double()) * 16 ** -0.5, -1)
+    want = torch.einsum("bhlm,bmhd->blhd", want, v.double())
+    assert rel_err(out, want) < 1e-5
+
+
 def test_tail_layer_runs_16_bit_when_8_bits_are_asked_for(monkeypatch, caplog):
     """Only the 16-bit kernel has the tail: a layer with tailed routed heads
     runs there, with one log line when 8 bits were asked for, none for auto."""

@@ -79,11 +79,17 @@ def check_tail_case(name, device, ts, query_blocks=None):
     return {"errors": {str(h): e for h, e in errors.items()}}
 
 
+# 401 tokens with extra tokens on both sides: at the default 128 / 64 blocks,
+# query blocks 1-2 are routed and drop key blocks (at 110 tokens the one
+# query block holds extra tokens, so no row is routed and there is no tail)
+ROUTED_ROWS = (4, 9, 11, 2, 3)
+
+
 def check_tail_errors(ts, device):
     """A tail that does not fit the call is refused before launch."""
     from sparse_vdit.kernels import routing
     from sparse_vdit.patterns import Geometry, LayerPattern, compile_layer
-    geometry = Geometry(3, 5, 7, 2, 3)
+    geometry = Geometry(*ROUTED_ROWS)
     compiled = compile_layer(LayerPattern((_pattern("rt20t"), _pattern("diag1"))), geometry, str(device))
     gen = torch.Generator().manual_seed(5)
     q, k, v, out = _inputs(1, geometry.seq_len, 2, 64, torch.float32, "flat", device, gen)
@@ -111,12 +117,15 @@ def check_tail_compile(ts, device, backend):
     one custom op with the tail's tensors, the eager result."""
     from sparse_vdit.kernels import routing
     from sparse_vdit.patterns import Geometry, LayerPattern, compile_layer
-    geometry = Geometry(3, 5, 7, 2, 3)
+    geometry = Geometry(*ROUTED_ROWS)
     compiled = compile_layer(LayerPattern((_pattern("rt20t"), _pattern("diag1"), _pattern("rt50"))), geometry,
                              str(device))
     gen = torch.Generator().manual_seed(9)
     q, k, v, _ = _inputs(2, geometry.seq_len, 3, 64, torch.float16, "flat", device, gen)
     ts.prepare_table(compiled.table)
+    routing.route(q, k, compiled)
+    listed = routing.pooled_tail(k, v, compiled).listed
+    assert listed.shape[0] > 0 and bool((listed.sum(1) < listed.shape[1]).all()), "the tail drops nothing here"
 
     def fn(q, k, v):
         out = torch.zeros_like(q)
