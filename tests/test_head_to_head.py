@@ -83,7 +83,7 @@ def test_head_to_head_at_wan480_recipe_in_parts_and_merged(comfy, tmp_path):
         assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
         return done.stdout
 
-    run("--families", "ours", "--out", str(tmp_path / "a"))
+    run("--families", "ours,paper", "--paper-menu-targets", "2", "--out", str(tmp_path / "a"))
     assert "calibration statistics reused" in run("--families", "static", "--reuse-calibration", "--out",
                                                   str(tmp_path / "b"))
     for part in ("a", "b"):
@@ -92,11 +92,13 @@ def test_head_to_head_at_wan480_recipe_in_parts_and_merged(comfy, tmp_path):
                              str(tmp_path / "a" / "head_to_head.json"), str(tmp_path / "b" / "head_to_head.json"),
                              "--out", str(tmp_path / "m")], env=env, capture_output=True, text=True, timeout=300)
     assert merged.returncode == 0, merged.stderr[-3000:]
+    assert "solved different plans" not in merged.stdout  # part b solved fewer plans, the same ones
     report = json.loads((tmp_path / "m" / "head_to_head.json").read_text())
     names = [r["name"] for r in report["results"]]
-    assert names[:3] == ["dense", "ours 2x", "ours 2x ranges"] and names[3] == "dense (part 2)"
+    assert names[:4] == ["dense", "ours 2x", "ours 2x ranges", "ours 2x paper menu"] and names[4] == "dense (part 2)"
+    assert set(report["plans"]) == {"ours 2x", "ours 2x ranges", "ours 2x paper menu"}
     assert any(n.startswith("radial") for n in names) and any(n.startswith("window") for n in names)
-    assert report["tokens"] == 3 * 8 * 12 and report["families"] == ["ours", "static"]
+    assert report["tokens"] == 3 * 8 * 12 and report["families"] == ["ours", "paper", "static"]
     for row in report["results"]:
         if not row["family"].startswith("dense"):
             assert 0 < row["psnr_mean"] < 100 and row["attention_speedup"] > 0, row

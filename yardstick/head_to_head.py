@@ -400,8 +400,8 @@ def merge(paths: list[str], out: str) -> None:
         for key in ("size", "tokens", "steps", "cfg", "held_out", "dense_warmup_steps"):
             if part[key] != base[key]:
                 raise SystemExit(f"--merge: part {i} differs in {key}: {part[key]} vs {base[key]}")
-        if part["plans"].keys() != base["plans"].keys() or any(
-                part["plans"][k]["plan"] != base["plans"][k]["plan"] for k in base["plans"]):
+        # a part may solve fewer plans (no paper menu, other targets): compare the shared ones
+        if any(part["plans"][k]["plan"] != base["plans"][k]["plan"] for k in part["plans"].keys() & base["plans"]):
             print(f"--merge: part {i} solved different plans (calibrated again?); its rows keep its own plans")
     rows = []
     for i, part in enumerate(parts, 1):
@@ -409,7 +409,9 @@ def merge(paths: list[str], out: str) -> None:
             if r["family"] == "dense" and i > 1:
                 r = {**r, "name": f"dense (part {i})", "family": "dense, other part"}
             rows.append({**r, "part": i})
-    report = {**base, "results": rows, "families": sorted({f for p in parts for f in p.get("families", [])}),
+    plans = {k: v for part in parts[:0:-1] for k, v in part["plans"].items()}
+    plans.update(base["plans"])  # every part's plans; the first part's where they share a name
+    report = {**base, "results": rows, "plans": plans, "families": sorted({f for p in parts for f in p.get("families", [])}),
               "parts": [{"file": p, "env": part["env"], "families": part.get("families")} for p, part in zip(paths, parts)]}
     os.makedirs(out, exist_ok=True)
     with open(os.path.join(out, "head_to_head.json"), "w") as f:
