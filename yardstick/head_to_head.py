@@ -417,7 +417,9 @@ def merge(paths: list[str], out: str) -> None:
             rows.append({**r, "part": i})
     plans = {k: v for part in parts[:0:-1] for k, v in part["plans"].items()}
     plans.update(base["plans"])  # every part's plans; the first part's where they share a name
-    report = {**base, "results": rows, "plans": plans, "families": sorted({f for p in parts for f in p.get("families", [])}),
+    env = {**base["env"], "comfy_kitchen": next((p["env"]["comfy_kitchen"] for p in parts if p["env"].get("comfy_kitchen")),
+                                                 None)}  # the part that ran core's node names its version
+    report = {**base, "env": env, "results": rows, "plans": plans, "families": sorted({f for p in parts for f in p.get("families", [])}),
               "parts": [{"file": p, "env": part["env"], "families": part.get("families")} for p, part in zip(paths, parts)]}
     os.makedirs(out, exist_ok=True)
     with open(os.path.join(out, "head_to_head.json"), "w") as f:
