@@ -46,7 +46,7 @@ def test_head_to_head_smoke_run(comfy, tmp_path):
 
 def test_8_bit_target_without_its_bf16_plan_is_refused_before_work(tmp_path):
     done = subprocess.run([sys.executable, os.path.join(REPO, "yardstick", "head_to_head.py"), "--size", "wan480",
-                           "--families", "ours,8bit", "--targets", "1.5", "--targets-8bit", "2", "--comfyui",
+                           "--families", "ours,8bit", "--targets", "1.5", "--targets-8bit", "2", "--device", "cuda", "--comfyui",
                            str(tmp_path / "no-comfyui"), "--out", str(tmp_path / "out")],
                           capture_output=True, text=True, timeout=120)
     assert done.returncode != 0 and "--targets-8bit [2.0] not among --targets 1.5" in done.stderr

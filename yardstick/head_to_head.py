@@ -160,13 +160,14 @@ def main():
     if wanted - set(FAMILIES):
         raise SystemExit(f"--families: unknown {sorted(wanted - set(FAMILIES))}; pick from {list(FAMILIES)}")
     families = {"dense"} | {f for w in wanted for f in FAMILIES[w]}
-    # 8-bit rows run the bf16 plan of the same target: only when wanted, and that plan must be solved
-    targets_8bit = [float(t) for t in args.targets_8bit.split(",") if t] if "8bit" in wanted else []
+    device = torch.device(args.device)
+    # 8-bit rows (GPU only) run the bf16 plan of the same target: only when wanted, and that plan must be solved
+    targets_8bit = [float(t) for t in args.targets_8bit.split(",") if t] \
+        if "8bit" in wanted and device.type == "cuda" else []
     missing = set(targets_8bit) - {float(t) for t in args.targets.split(",")}
     if missing:
         raise SystemExit(f"--targets-8bit {sorted(missing)} not among --targets {args.targets}: "
                          "an 8-bit row runs the bf16 plan of its target")
-    device = torch.device(args.device)
     ymodel.import_comfy(args.comfyui, cpu=device.type == "cpu")
     import comfy.samplers
     from core_sparse_standin import apply_core_sparse_standin
@@ -241,11 +242,10 @@ def main():
         configs.append((f"ours {target:g}x paper menu", "ours bf16 paper menu",
                         f"target {target:g}x, modes {', '.join(PAPER_MODES)} and full only",
                         (lambda p=plan: apply_plan(patcher, p, backend=backend)), density))
-    if device.type == "cuda":
-        for target in targets_8bit:
-            plan, density = plans[f"ours {target:g}x"]
-            configs.append((f"ours {target:g}x 8-bit", "ours 8-bit", f"target {target:g}x",
-                            (lambda p=plan: apply_plan(patcher, p, backend=backend, precision="8-bit")), density))
+    for target in targets_8bit:
+        plan, density = plans[f"ours {target:g}x"]
+        configs.append((f"ours {target:g}x 8-bit", "ours 8-bit", f"target {target:g}x",
+                        (lambda p=plan: apply_plan(patcher, p, backend=backend, precision="8-bit")), density))
     head_dim = size.config["dim"] // size.config["num_heads"]
     if kitchen is not None:
         for tau in SOL_TAUS:
