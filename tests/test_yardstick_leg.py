@@ -67,21 +67,27 @@ def test_park_moves_what_a_leg_call_need_not_send_and_unpark_brings_it_back(tmp_
     (root / "yardstick" / "wan480_checkpoint").mkdir(parents=True)
     files = {"yardstick/wan_tiny_yardstick.safetensors": 3000, "yardstick/wan_video_yardstick.safetensors": 2000,
              "yardstick/wan480_yardstick.safetensors": 1000, "yardstick/wan480_checkpoint/index.json": 10,
-             "yardstick/leg.py": 5}
+             "yardstick/leg.py": 5, "benchmarks/results/h2h_X/part1/head_to_head_strips.png": 4000,
+             "benchmarks/results/h2h_Y/head_to_head_strips.png": 4000, "benchmarks/results/h2h_Y/table.md": 1}
     for rel, n in files.items():
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
         (root / rel).write_bytes(b"x" * n)
     subprocess.run(["git", "init", "-q", str(root)], check=True)
     subprocess.run(["git", "-C", str(root), "add", "."], check=True)
     out = leg("park", "leg", "--root", str(root), "--parked", str(parked))
     assert sorted(os.listdir(root / "yardstick")) == ["leg.py", "wan480_checkpoint"]
-    assert "sends 0.0 MiB" in out  # the checkpoint (10 bytes) and leg.py (5) are all that is left
+    assert "sends 0.0 MiB" in out  # the checkpoint (10 bytes), leg.py (5) and table.md (1) are all that is left
+    assert sorted(os.listdir(root / "benchmarks/results/h2h_Y")) == ["table.md"]  # strips parked for every call
+    assert not os.listdir(root / "benchmarks/results/h2h_X/part1")
     leg("unpark", "--root", str(root), "--parked", str(parked))
     for rel, n in files.items():
         assert (root / rel).stat().st_size == n, rel
     leg("park", "h2h", "--root", str(root), "--parked", str(parked))
     assert sorted(os.listdir(root / "yardstick")) == ["leg.py", "wan480_yardstick.safetensors"]
+    assert not (root / "benchmarks/results/h2h_Y/head_to_head_strips.png").exists()
     leg("unpark", "--root", str(root), "--parked", str(parked))
-    assert (root / "yardstick" / "wan480_checkpoint" / "index.json").stat().st_size == 10
+    for rel, n in files.items():
+        assert (root / rel).stat().st_size == n, rel
     assert not any(files for _, _, files in os.walk(parked))
     # `land` rebuilds the weights while they are parked: unpark keeps that newer file, not the parked one
     leg("park", "leg", "--root", str(root), "--parked", str(parked))

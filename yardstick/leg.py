@@ -33,6 +33,7 @@ Here, after the call:
 from __future__ import annotations
 
 import argparse
+import glob
 import hashlib
 import json
 import os
@@ -282,6 +283,9 @@ PARK_SETS = {  # what a call does not need (the tracked weights of the other siz
     "h2h": ("yardstick/wan_tiny_yardstick.safetensors", "yardstick/wan_video_yardstick.safetensors",
             "yardstick/wan480_checkpoint"),
 }
+# parked for every call: committed pictures no call reads (the head-to-heads' strips, 4.4 MB together;
+# a leg call has under 1 MB to spare without them)
+PARK_ALWAYS = ("benchmarks/results/**/*_strips.png",)
 
 
 def travelling_bytes(root: str) -> int:
@@ -297,7 +301,9 @@ def park(args) -> None:
     if any(files for _, _, files in os.walk(args.parked)):
         raise SystemExit(f"{args.parked} already holds parked files: run `leg.py unpark` first")
     os.makedirs(args.parked, exist_ok=True)
-    for rel in PARK_SETS[args.what]:
+    always = sorted(os.path.relpath(p, args.root) for pattern in PARK_ALWAYS
+                    for p in glob.glob(os.path.join(args.root, pattern), recursive=True))
+    for rel in (*PARK_SETS[args.what], *always):
         src = os.path.join(args.root, rel)
         if os.path.exists(src):
             dst = os.path.join(args.parked, rel)
