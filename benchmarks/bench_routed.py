@@ -47,7 +47,6 @@ except ImportError:  # a bare checkout: the repo root is the package, link it un
 from sparse_vdit.kernels import routing  # noqa: E402
 from sparse_vdit.kernels.dense import dense_attention  # noqa: E402
 from sparse_vdit.kernels.dispatch import as_blhd, layer_attention  # noqa: E402
-from sparse_vdit.kernels.triton_sparse import sparse_attention_triton  # noqa: E402
 from sparse_vdit.patterns import Geometry, LayerPattern, Routed, compile_layer  # noqa: E402
 from synthetic_inputs import video_like_layer  # noqa: E402
 
@@ -107,18 +106,14 @@ def run_shape(name: str, spec: dict, kitchen, device, timer, log) -> list[dict]:
         route_ms = timer(lambda: routing.route(q4, k4, compiled))
         record("routed (ours)", f"share={share:g}", total, as_blhd(out, "flat", heads), kept,
                routing_ms=route_ms, blocks_per_row=compiled.routing[0].k, n_k_blocks=compiled.table.n_k_blocks)
-        if device.type == "cuda":  # the pooled tail: the 16-bit kernel's HAS_TAIL branch
-            out4 = torch.empty_like(q4)
-
-            def with_tail():
-                routing.route(q4, k4, compiled)
-                sparse_attention_triton(q4, k4, v4, out4, compiled.table,
-                                        tail=routing.pooled_tail(k4, v4, compiled))
-
-            with_tail()
-            record("routed + tail (ours)", f"share={share:g}", timer(with_tail), out4, kept,
-                   routing_ms=timer(lambda: (routing.route(q4, k4, compiled), routing.pooled_tail(k4, v4, compiled))),
-                   blocks_per_row=compiled.routing[0].k, n_k_blocks=compiled.table.n_k_blocks)
+        if device.type == "cuda":  # the pooled tail (a plan's tail=True): the 16-bit kernel's HAS_TAIL branch
+            tailed = compile_layer(LayerPattern((Routed(share, tail=True),) * heads), geometry, str(device))
+            out = layer_attention(q, k, v, tailed, heads=heads, backend=backend)
+            record("routed + tail (ours)", f"share={share:g}",
+                   timer(lambda: layer_attention(q, k, v, tailed, heads=heads, backend=backend)),
+                   as_blhd(out, "flat", heads), kept,
+                   routing_ms=timer(lambda: (routing.route(q4, k4, tailed), routing.pooled_tail(k4, v4, tailed))),
+                   blocks_per_row=tailed.routing[0].k, n_k_blocks=tailed.table.n_k_blocks)
     if kitchen is None:
         return rows
 
