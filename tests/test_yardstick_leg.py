@@ -39,7 +39,8 @@ def test_two_legs_resume_across_cold_machines_and_land(comfy, tmp_path):
     leg("land", str(tmp_path / "out1"), *common)
     assert "a checkpoint exists" in leg("run", "--first", "--out", str(tmp_path / "x"), "--work",
                                         str(tmp_path / "work2"), *run, ok=False)
-    out = leg("run", "--set-total", "6", "--out", str(tmp_path / "out2"), "--work", str(tmp_path / "work2"), *run)
+    out = leg("run", "--set-total", "6", "--census-menu", "extended-wide", "--out", str(tmp_path / "out2"),
+              "--work", str(tmp_path / "work2"), *run)
     assert "resuming from the committed checkpoint at step 4" in out and "resumed at step 4 of 6" in out
     assert "step total moved from 4 to 6" in out
     last = out.strip().splitlines()
@@ -52,6 +53,15 @@ def test_two_legs_resume_across_cold_machines_and_land(comfy, tmp_path):
     assert all(0 <= x["full_share"] <= 1 and x["census"]["rule"] == {"lambda": 0.5, "epsilon": 1.0,
                "error_unit": "1% of the layer's dense output power"} for x in legs)
     assert "stored_int4" in legs[-1]["eval_v_loss"]
+    # the second leg's census had the newer modes too, and gives the paper's shapes alone from the same run
+    first, second = legs
+    assert "census_menu" not in first or first["census_menu"] == "wide"
+    assert second["census_menu"] == "extended-wide" and second["census"]["calibration"]["menu"] == "extended-wide"
+    assert second["full_share_paper"] == second["census"]["paper_menu"]["full_share"]
+    assert second["full_share_paper"] >= second["full_share"]  # more candidates never keep more heads full
+    assert sum(second["census"]["paper_menu"]["totals"].values()) == sum(second["totals"].values())
+    assert set(second["census"]["paper_menu"]["totals"]) <= {"dense", "near-zero", "diagonal", "multi-diagonal",
+                                                             "stripe"}
     log = (results / "yardstick_wan480-tiny_training_log.txt").read_text()
     assert "=== leg 1: steps 0-4" in log and "=== leg 2: steps 4-6" in log
     for name in ("census.json", "census.png", "census_curve.png"):

@@ -79,6 +79,8 @@ def main():
     ap.add_argument("--cfg", type=float, default=None, help="default: 1 for tiny (no unconditional training), else 3")
     ap.add_argument("--results", default=common.RESULTS, help="folder for the census json and png")
     ap.add_argument("--steps", type=int, default=common.STEPS)
+    ap.add_argument("--menu", default="wide", help="candidate menu; with newer modes than the paper's (extended, "
+                    "extended-wide) the paper-menu census is also given, from the same calibration")
     args = ap.parse_args()
     size = size_named(args.size)
     cfg = args.cfg if args.cfg is not None else common.default_cfg(size)
@@ -86,14 +88,21 @@ def main():
     patcher = common.setup(args.comfyui, weights, args.device)
     torch.manual_seed(0)
     name = "yardstick" if size.name == "tiny" else f"yardstick-{size.name}"  # quality.py reuses the first
-    result = common.calibrate(patcher, args.work, name=name, steps=args.steps, size=size, cfg=cfg)
+    result = common.calibrate(patcher, args.work, name=name, steps=args.steps, size=size, cfg=cfg, menu=args.menu)
     stats = result.statistics
     out = census(stats)
+    from sparse_vdit.plans.candidates import PAPER_MODES
+    from sparse_vdit.plans.statistics import with_modes
+
+    if any(c.mode not in PAPER_MODES for c in stats.candidates):
+        paper = census(with_modes(stats, PAPER_MODES))
+        out["paper_menu"] = {"totals": paper["totals"], "per_layer": paper["per_layer"],
+                             "full_share": full_share(paper)}
     out.update(model=os.path.relpath(weights, common.REPO), size=size.name, tokens=size.tokens,
                geometry=stats.geometry.to_dict(),
                calibration={"prompts": list(common.CALIB_CLASSES), "steps": args.steps, "sampler": common.SAMPLER,
                             "scheduler": common.SCHEDULER, "cfg": cfg, "probe_steps": stats.probe_steps.tolist(),
-                            "query_fraction": 0.5, "menu": "wide", "seconds": round(result.seconds, 1),
+                            "query_fraction": 0.5, "menu": args.menu, "seconds": round(result.seconds, 1),
                             "device": args.device, "cost_source": stats.cost_source},
                full_share=full_share(out), candidates=[c.label for c in stats.candidates],
                cost_block_share=stats.cost.tolist())
@@ -105,8 +114,9 @@ def main():
 
     image = render_plan(result.plan, stats, thumbs_per_mode=4)
     image.save(stem + ".png")
-    print(json.dumps({"totals": out["totals"], "full_share": out["full_share"], "per_layer": out["per_layer"],
-                      "seconds": result.seconds}))
+    print(json.dumps({"menu": args.menu, "totals": out["totals"], "full_share": out["full_share"],
+                      "per_layer": out["per_layer"], "seconds": result.seconds,
+                      "paper_menu": out.get("paper_menu", {}).get("totals")}))
     for h in out["heads"]:
         print(h["layer"], h["head"], h["class"], h["chosen"], h["chosen_error"],
               {m: (b["candidate"], b["error"]) for m, b in h["best_per_mode"].items()})

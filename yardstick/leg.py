@@ -162,7 +162,8 @@ def run(args) -> None:
             results = os.path.join(work, "census")
             cmd = [sys.executable, os.path.join(HERE, "census.py"), "--comfyui", args.comfyui, "--size", size.name,
                    "--weights", weights, "--device", args.device, "--results", results,
-                   "--work", os.path.join(work, "census_calibration"), "--steps", str(args.census_steps)]
+                   "--work", os.path.join(work, "census_calibration"), "--steps", str(args.census_steps),
+                   "--menu", args.census_menu]
             if stream(cmd, log):  # the trained steps still come back; the next leg's census counts
                 print("census failed (see the log): this leg's files come back without it", file=log, flush=True)
             else:
@@ -184,7 +185,9 @@ def run(args) -> None:
                  "tokens": curve[-1].get("tokens") if curve else None, "lr": curve[-1]["lr"] if curve else None,
                  "eval_v_loss": training["eval_v_loss"], "weights_digest": tensor_digest(weights),
                  "full_share": None if census is None else census["full_share"],
-                 "totals": None if census is None else census["totals"], "census": census})
+                 "totals": None if census is None else census["totals"], "census": census,
+                 "census_menu": args.census_menu,
+                 "full_share_paper": None if census is None else paper_share(census)})
     for folder in (work, args.out):
         with open(os.path.join(folder, legs_name), "w") as f:
             json.dump(legs, f, indent=1)
@@ -193,16 +196,35 @@ def run(args) -> None:
     print(f"leg done in {time.perf_counter() - t0:.0f}s", flush=True)
 
 
+def paper_share(census: dict) -> float:
+    """The census's share of full heads with the paper's shapes only (the whole census where
+    its menu had no newer modes)."""
+    return census.get("paper_menu", census)["full_share"]
+
+
+def leg_shares(leg: dict) -> tuple:
+    """(full share with the paper's shapes, with the census's menu where it had newer modes, else None);
+    legs before session 12 recorded only the first, under full_share."""
+    if leg["full_share"] is None:
+        return None, None
+    paper = leg.get("full_share_paper", leg["full_share"])
+    return paper, (leg["full_share"] if leg.get("census_menu", "wide") != "wide" else None)
+
+
 def print_table(legs: list, size) -> None:
-    print(f"\n{size.name} yardstick legs (census lambda 0.5 / epsilon 1; goal: full heads <= {FULL_SHARE_GOAL:.0%})")
+    print(f"\n{size.name} yardstick legs (census lambda 0.5 / epsilon 1; goal: full heads <= {FULL_SHARE_GOAL:.0%}; "
+          "full share: with the paper's shapes; (newer): with 3-D windows and routed heads too)")
     print(f"{'leg':>3s} {'card':>22s} {'steps':>12s} {'tokens':>6s} {'loss':>7s} {'v@0.9 stored':>12s} "
-          f"{'full share':>10s}  census")
+          f"{'full share':>10s} {'(newer)':>7s}  census")
     for leg in legs:
         stored = next((v for k, v in leg["eval_v_loss"].items() if k.startswith("stored")),
                       next(iter(leg["eval_v_loss"].values())))
-        share = "-" if leg["full_share"] is None else f"{leg['full_share']:.2f}"
+        paper, newer = leg_shares(leg)
+        share = "-" if paper is None else f"{paper:.2f}"
+        extended = "-" if newer is None else f"{newer:.2f}"
         print(f"{leg['leg']:3d} {leg['card'][-22:]:>22s} {leg['from_step']:5d}-{leg['to_step']:<6d} "
-              f"{leg['tokens'] or 0:6d} {leg['loss']:7.4f} {stored['sigma_0.9']:12.4f} {share:>10s}  {leg['totals']}")
+              f"{leg['tokens'] or 0:6d} {leg['loss']:7.4f} {stored['sigma_0.9']:12.4f} {share:>10s} {extended:>7s}  "
+              f"{leg['totals']}")
 
 
 def land(args) -> None:
@@ -248,11 +270,12 @@ def curve_image(legs: list, size, width: int = 720, height: int = 420):
     """Share of full heads (census, lambda 0.5 / epsilon 1) against training steps."""
     from PIL import Image, ImageDraw
 
-    points = [(leg["to_step"], leg["full_share"]) for leg in legs if leg["full_share"] is not None]
+    points = [(leg["to_step"], leg_shares(leg)[0]) for leg in legs if leg["full_share"] is not None]
+    newer = [(leg["to_step"], leg_shares(leg)[1]) for leg in legs if leg_shares(leg)[1] is not None]
     image = Image.new("RGB", (width, height), "white")
     d = ImageDraw.Draw(image)
     left, right, top, bottom = 60, 20, 40, 50
-    x1 = max([p[0] for p in points] + [1]) * 1.05
+    x1 = max([p[0] for p in points + newer] + [1]) * 1.05
 
     def at(x, y):
         return left + x / x1 * (width - left - right), height - bottom - y * (height - top - bottom)
@@ -266,11 +289,15 @@ def curve_image(legs: list, size, width: int = 720, height: int = 420):
     gy = at(0, FULL_SHARE_GOAL)[1]
     d.line([left, gy, width - right, gy], fill=(44, 160, 44))
     d.text((width - right - 150, gy - 16), f"goal: <= {FULL_SHARE_GOAL:.0%} full", fill=(44, 160, 44))
-    xy = [at(x, y) for x, y in points]
-    if len(xy) > 1:
-        d.line(xy, fill=(31, 119, 180), width=2)
-    for (x, y), (sx, _) in zip(xy, points):
-        d.ellipse([x - 4, y - 4, x + 4, y + 4], fill=(31, 119, 180))
+    for row, (series, colour, label) in enumerate(((points, (31, 119, 180), "paper's shapes"),
+                                                   (newer, (255, 127, 14), "with 3-D windows and routed heads"))):
+        xy = [at(x, y) for x, y in series]
+        if len(xy) > 1:
+            d.line(xy, fill=colour, width=2)
+        for x, y in xy:
+            d.ellipse([x - 4, y - 4, x + 4, y + 4], fill=colour)
+        if series:
+            d.text((left + 10, top + 8 + 14 * row), label, fill=colour)
     d.text((left, 10), f"{size.name} yardstick: share of full heads (census lambda 0.5, epsilon 1) vs training step",
            fill="black")
     d.text((left + 200, height - 25), "training step", fill="black")
@@ -349,6 +376,8 @@ def main(argv=None):
     r.add_argument("--census-reserve-s", type=float, default=150.0, help="kept for export, evaluation and census")
     r.add_argument("--no-census", action="store_true")
     r.add_argument("--census-steps", type=int, default=20)
+    r.add_argument("--census-menu", default="wide", help="the census's candidate menu; extended-wide also counts "
+                   "3-D windows and routed heads and still reports the paper's shapes alone (one calibration)")
     r.add_argument("--eval-samples", type=int, default=16)
     r.add_argument("--work", default="/tmp/sparse_vdit_leg", help="kept between calls on a warm machine")
     r.add_argument("--device", default="cuda")
