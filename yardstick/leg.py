@@ -270,8 +270,9 @@ def curve_image(legs: list, size, width: int = 720, height: int = 420):
     """Share of full heads (census, lambda 0.5 / epsilon 1) against training steps."""
     from PIL import Image, ImageDraw
 
-    points = [(leg["to_step"], leg_shares(leg)[0]) for leg in legs if leg["full_share"] is not None]
-    newer = [(leg["to_step"], leg_shares(leg)[1]) for leg in legs if leg_shares(leg)[1] is not None]
+    shares = [(leg["to_step"], *leg_shares(leg)) for leg in legs]
+    points = [(step, paper) for step, paper, _ in shares if paper is not None]
+    newer = [(step, extended) for step, _, extended in shares if extended is not None]
     image = Image.new("RGB", (width, height), "white")
     d = ImageDraw.Draw(image)
     left, right, top, bottom = 60, 20, 40, 50

@@ -35,12 +35,9 @@ def mass_by_distance(q: torch.Tensor, k: torch.Tensor, per_frame: int, frames: i
     """[heads, frames]: mean attention mass per key token at each |dt|, q / k [heads, tokens, dim]."""
     p = torch.softmax(q @ k.transpose(-1, -2) / q.shape[-1] ** 0.5, dim=-1)
     t = torch.arange(q.shape[1], device=q.device) // per_frame
-    dt = (t[None, :] - t[:, None]).abs()
-    out = []
-    for d in range(frames):
-        at = (dt == d).to(p.dtype)
-        out.append((p * at).sum(-1).sum(-1) / at.sum())  # mass at distance d per (query, key) pair
-    return torch.stack(out, dim=-1)
+    dt = (t[None, :] - t[:, None]).abs().flatten()
+    mass = torch.zeros(q.shape[0], frames, dtype=p.dtype, device=p.device).index_add_(1, dt, p.flatten(1))
+    return mass / torch.bincount(dt, minlength=frames).to(p.dtype)  # per (query, key) pair at each distance
 
 
 def near_share(row: list, frames: int, radius: int) -> float:
