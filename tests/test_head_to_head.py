@@ -38,6 +38,10 @@ def test_head_to_head_smoke_run(comfy, tmp_path):
         assert 0 < row["psnr_mean"] < 100 and row["attention_ms_per_step"] > 0 and row["step_ms"] > 0, row
         assert 0 < row["density"] < 1, row
     assert report["dense_warmup_steps"] == 1 and report["census"]["totals"]
+    paper_census = report["census_paper_menu"]  # the same calibration, the paper's modes only
+    assert sum(paper_census["totals"].values()) == sum(report["census"]["totals"].values())
+    assert set(paper_census["totals"]) <= {"dense", "near-zero", "diagonal", "multi-diagonal", "stripe"}
+    assert paper_census["full_share"] >= report["census"]["totals"].get("dense", 0) / sum(paper_census["totals"].values())
     assert (out / "head_to_head_strips.png").stat().st_size > 0 and (out / "quality_vs_time.png").stat().st_size > 0
     assert "| ours 2x |" in (out / "head_to_head.md").read_text()
     assert (out / "yardstick_tiny_census.png").stat().st_size > 0

@@ -95,9 +95,7 @@ def main():
     from sparse_vdit.plans.statistics import with_modes
 
     if any(c.mode not in PAPER_MODES for c in stats.candidates):
-        paper = census(with_modes(stats, PAPER_MODES))
-        out["paper_menu"] = {"totals": paper["totals"], "per_layer": paper["per_layer"],
-                             "full_share": full_share(paper)}
+        out["paper_menu"] = paper_census(with_modes(stats, PAPER_MODES))
     out.update(model=os.path.relpath(weights, common.REPO), size=size.name, tokens=size.tokens,
                geometry=stats.geometry.to_dict(),
                calibration={"prompts": list(common.CALIB_CLASSES), "steps": args.steps, "sampler": common.SAMPLER,
@@ -120,6 +118,13 @@ def main():
     for h in out["heads"]:
         print(h["layer"], h["head"], h["class"], h["chosen"], h["chosen_error"],
               {m: (b["candidate"], b["error"]) for m, b in h["best_per_mode"].items()})
+
+
+def paper_census(paper_stats) -> dict:
+    """The census's totals, per-layer counts and full share from statistics
+    restricted to the paper's modes (``with_modes``)."""
+    paper = census(paper_stats)
+    return {"totals": paper["totals"], "per_layer": paper["per_layer"], "full_share": full_share(paper)}
 
 
 def census_name(size_name: str) -> str:

@@ -351,7 +351,7 @@ def main():
     by_name = {r["name"]: r for r in rows}
     for name, lat in eight_bit_pairs(configs, all_latents):
         by_name[name]["psnr_vs_bf16_same_plan"] = lat
-    from census import census
+    from census import census, paper_census
 
     report = {"env": env_info(device, kitchen_version), "size": size.name, "tokens": size.tokens, "grid": size.grid,
               "model_heads": size.heads, "steps": args.steps, "cfg": CFG, "batch": 2, "sampler": common.SAMPLER,
@@ -365,7 +365,8 @@ def main():
               "plans": {k: {"density": d, "modes": p.density_summary(), "ranges": p.describe_step_ranges(),
                             "plan": plan_to_dict(p)} for k, (p, d) in plans.items()},
               "static_settings": {f"{k} {t:g}x": v for (k, t), v in statics.items()},
-              "census": census(stats), "families": sorted(wanted), "results": rows}
+              "census": census(stats), "census_paper_menu": paper_census(paper_stats),
+              "families": sorted(wanted), "results": rows}
     with open(os.path.join(args.out, "head_to_head.json"), "w") as f:
         json.dump(report, f, indent=1)
     try:
@@ -388,6 +389,10 @@ def print_table(report: dict) -> None:
     env = report["env"]
     print(f"\n{env}\n{report['size']} yardstick, {report['tokens']} tokens, B=2 (cfg {report['cfg']:g}), "
           f"{report['steps']} steps, first {report['dense_warmup_steps']} dense; held-out {len(report['held_out'])} runs")
+    for label, key in (("census, calibration's menu", "census"), ("census, paper's modes", "census_paper_menu")):
+        if report.get(key):
+            totals = report[key]["totals"]
+            print(f"{label}: {totals.get('dense', 0)} of {sum(totals.values())} heads full, {totals}")
     print(f"{'config':28s} {'density':>7s} {'step ms':>8s} {'attn ms':>8s} {'attn x':>6s} {'sparse x':>8s} "
           f"{'PSNR':>6s} {'worst':>6s} {'SSIM':>6s} {'GiB':>5s}")
     for r in report["results"]:
