@@ -12,8 +12,9 @@ from typing import Callable
 
 import torch
 
+from ..kernels.dispatch import PRECISIONS
 from ..plans.calibrator import Calibrator, parse_indices
-from ..plans.candidates import MENUS
+from ..plans.candidates import MENUS, for_precision
 from ..plans.cost import candidate_costs
 from ..plans.format import ModelShape, Plan, PlanError
 from ..plans.search import solve_plan
@@ -51,14 +52,21 @@ def calibrate(model_patcher, sample: Callable[[object], object], *, plan_name: s
     name = check_plan_name(plan_name)
     if menu not in MENUS:
         raise PlanError(f"unknown candidate menu {menu!r}; known: {', '.join(MENUS)}")
+    if precision not in PRECISIONS:
+        raise PlanError(f"unknown precision {precision!r}; known: {', '.join(PRECISIONS)}")
     if lam < 0 or eps < 0 or not 0 <= warmup < 1:
         raise PlanError("lambda and epsilon must be >= 0 and the warm-up in [0, 1)")
     steps_at = parse_indices(probe_at, steps, "probe steps")
     layers = parse_indices(probe_layers, info.layers, "probed layers")
     range_counts(step_ranges, len(steps_at) if steps_at else probe_steps, True)  # a bad count fails before sampling
+    candidates = for_precision(MENUS[menu], precision)
+    if candidates != MENUS[menu]:
+        log.info("Sparse-vDiT: at %s precision, routed heads are calibrated without the pooled tail "
+                 "(the 8-bit kernel has none).", precision)
     shape = ModelShape(info.family, info.layers, info.heads, info.head_dim)
-    calibrator = Calibrator(shape, MENUS[menu], probe_steps, query_fraction, warmup,
-                            info={"menu": menu, "lambda": lam, "epsilon": eps, **(settings or {})}, check_interrupt=check_interrupt,
+    calibrator = Calibrator(shape, candidates, probe_steps, query_fraction, warmup,
+                            info={"menu": menu, "precision": precision, "lambda": lam, "epsilon": eps, **(settings or {})},
+                            check_interrupt=check_interrupt,
                             probe_at=steps_at, layers=layers)
     hook = CalibrationHook(info, calibrator)
     start = time.perf_counter()

@@ -74,7 +74,8 @@ class SparseVDiTCalibrate(io.ComfyNode):
                                         "scored stay dense (full) in the plan."),
                 io.Combo.Input("precision", options=list(PRECISIONS), default="bf16", optional=True,
                                tooltip="The precision the plan will run at: the cost of each pattern is measured "
-                                       "at it, and the MODEL output is patched with it."),
+                                       "at it, and the MODEL output is patched with it. At 8-bit and auto, routed "
+                                       "heads come without the pooled tail (the 8-bit kernel has none)."),
             ],
             outputs=[io.Model.Output(display_name="MODEL", tooltip="The model patched with the new plan."),
                      PlanType.Output(display_name="PLAN", tooltip=PLAN_OUTPUT_TOOLTIP),

@@ -7,7 +7,7 @@ statistics and the candidate only names k.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Sequence
 
 from ..patterns import Diagonal, MultiDiagonal, Pattern, Routed, Skip, VerticalStripe, Window3D
@@ -109,6 +109,23 @@ MENUS: dict[str, tuple[Candidate, ...]] = {
 # issue 23) are measured against a solve restricted to these
 # (Statistics.with_modes), from one calibration.
 PAPER_MODES = ("skip", "diagonal", "multi_diagonal", "vertical_stripe")
+
+
+def for_precision(candidates: Sequence[Candidate], precision: str) -> tuple[Candidate, ...]:
+    """The menu as a plan that runs at `precision` can use it. The 8-bit
+    kernel has no pooled tail: a layer with a tailed routed head runs every
+    head in 16 bits (kernels/dispatch.py), which the per-head costs cannot
+    show, and on cards where 8-bit dense is about 3x bf16 that layer would
+    cost more than planned. So at "8-bit" and "auto" routed heads come
+    without the tail (the 8-bit kernel serves those); order kept, no repeats."""
+    if precision == "bf16":
+        return tuple(candidates)
+    kept: list[Candidate] = []
+    for candidate in candidates:
+        candidate = replace(candidate, tail=False) if candidate.mode == "routed" else candidate
+        if candidate not in kept:
+            kept.append(candidate)
+    return tuple(kept)
 
 
 def max_top_frames(candidates: Sequence[Candidate]) -> int:

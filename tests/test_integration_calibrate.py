@@ -166,7 +166,22 @@ def test_bad_calibration_input_fails_before_sampling(folder, monkeypatch):
         run_calibration(model, positive, negative, probe_at_steps="1, 4")
     with pytest.raises(PlanError, match="probed layers: 2 is out of range"):
         run_calibration(model, positive, negative, probe_layers="0-2")
+    with pytest.raises(PlanError, match="unknown precision 'fp4'"):
+        run_calibration(model, positive, negative, precision="fp4")
     assert not sampled and os.listdir(folder) == []
+
+
+def test_calibration_for_8_bit_measures_routed_heads_without_the_tail(folder, caplog):
+    from sparse_vdit.plans.statistics import load_statistics
+
+    model = H.tiny_wan_model(seed=0)
+    positive, negative = H.make_conds(model, seed=1)
+    with caplog.at_level("INFO", logger="sparse_vdit"):
+        run_calibration(model, positive, negative, name="cal8", candidate_menu="extended-wide", precision="8-bit")
+    assert "routed heads are calibrated without the pooled tail" in caplog.text
+    stats = load_statistics(str(folder / "cal8.stats.safetensors"))
+    routed = [c for c in stats.candidates if c.mode == "routed"]
+    assert routed and not any(c.tail for c in routed) and stats.info["precision"] == "8-bit"
 
 
 def test_preview_image(folder):

@@ -356,3 +356,18 @@ def test_statistics_restricted_to_some_modes(planted):
     assert {c.mode for c in paper.candidates} == set(PAPER_MODES)
     with pytest.raises(ValueError, match="no candidate"):
         with_modes(stats, ("nothing",))
+
+
+def test_menus_at_8_bit_have_no_pooled_tail():
+    from sparse_vdit.plans.candidates import for_precision
+
+    wide = MENUS["extended-wide"]
+    assert any(c.tail for c in wide), "the extended menu has tailed routed heads to drop"
+    assert for_precision(wide, "bf16") == wide
+    for precision in ("8-bit", "auto"):
+        menu = for_precision(wide, precision)
+        assert not any(c.tail for c in menu)
+        # the same candidates otherwise, in the same order: routed at every share, untailed
+        assert [c.label for c in menu] == [c.label.replace(",tail", "") for c in wide]
+        assert for_precision(menu + menu, precision) == menu  # no repeats
+        assert for_precision(MENUS["wide"], precision) == MENUS["wide"]
